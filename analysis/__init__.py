@@ -1,0 +1,1 @@
+"""Leaderboard export and figures: reads result records only."""
