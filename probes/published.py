@@ -1,12 +1,351 @@
-"""Published values (ICLR 2023 submission of Zhu et al.; spec/protocols.md §9), looked up per record.
+"""Published values of Zhu et al. (spec/protocols.md §9) as data, and the rule that says when one applies.
 
-Filled in by the leaderboard work (issue 6); until then no value is known.
+Every number below is copied from the ICLR 2023 submission text (OpenReview ``3tYvDb4dwab``), the only
+version whose tables were available; the TMLR camera-ready may differ. A published value is attached to
+a result only when the run is the paper's measurement: one of the paper's seven ViT-B checkpoints (suite
+aliases ``deit mocov3 dino beit mae cae ibot``), the same task, feature and metric, and the paper's
+protocol. Anything else gets no published value, and ``lookup`` says why, so a number is never compared
+against a different protocol silently.
+
+How the paper's columns map to the suite's names (the assumptions are repeated in each value's
+provenance string, which ``make_record`` copies into the record's ``published_source``):
+
+* Table 3 retrieval "Encoded" -> ``<cub|coco>_part_retrieval``, feature ``patch_mean``, metric ``AP``.
+  Which feature "Encoded" is, is not stated; ``patch_mean`` is the official script's primary feature
+  (protocols.md §4.2, §7 ``retrieval_feature``). **``cls`` gets no published value**: comparing it with
+  the "Encoded" column would compare against a possibly different feature. "AP" is taken to be the mean
+  over queries (the script's ``AP``), not the class mean (``mAP``), which gets none either.
+* Table 3 retrieval "Projected" -> same tasks, feature ``projection`` (MoCo v3, DINO, iBOT only).
+* The retrieval protocol that matches is the official code's (the only executable reference for the
+  published numbers): self-match included, ``official-code`` crop (about d/2 x d/2, 40 < d < 2000),
+  the paper's keypoints, ImageNet normalisation, the whole database (split ``all``). The paper-text crop
+  (d x d) does not match: its numbers were never published.
+* Table 3 classification "Linear" / "Attentive" -> ``<cub|coco>_linear_probe`` (feature ``cls``, head
+  ``linear``) / ``<cub|coco>_attentive_probe`` (variant ``partaware``), on the same crops, metric
+  ``top1_best`` (best epoch, which the official script prints), or ``top1`` when the run records
+  ``model_selection: best``.
+* Table 1 -> ``imagenet_linear_probe`` (CLS, head ``linear-bn``, the CAE protocol) and
+  ``imagenet_attentive_probe`` (variant ``cae``), metric as for Table 3.
+* Tables 2 and 4 -> ``<dataset>_linear_segmentation`` for datasets ``ade20k`` (150 classes),
+  ``ade20k_part209``, ``pascal_part193`` and ``lip19`` (the authors' preprocessed class sets), metrics
+  ``mIoU``, ``mAcc``, ``aAcc``; the official code's head (blocks [3, 5, 7, 11], no 4x upsampling).
+
+Protocol options are read from the record's ``protocol`` under the names in ``OPTION_KEYS``. An option
+marked *required* must be recorded with an accepted value (``preset: partaware`` stands for the official
+code's values when the option itself is not recorded); an *optional* one is checked only when recorded,
+and its absence is written into the provenance.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+SOURCE = "Zhu et al., ICLR 2023 submission (OpenReview 3tYvDb4dwab), copied in spec/protocols.md §9"
 
-def published_values(*, task: str, model: str, feature: str, protocol: Mapping[str, Any]) -> dict[str, float]:
+# Suite alias -> the paper's row name. Only these checkpoints are the paper's models (protocols.md §1).
+PAPER_MODELS = {
+    "deit": "DeiT", "mocov3": "MoCo v3", "dino": "DINO", "beit": "BEiT",
+    "mae": "MAE", "cae": "CAE", "ibot": "iBOT",
+}
+
+# ---------------------------------------------------------------------------------------------------
+# The tables, verbatim. None = "-" in the paper (no projection head).
+# ---------------------------------------------------------------------------------------------------
+
+# Table 1: ImageNet-1k top-1, (linear, attentive).
+TABLE1_IMAGENET = {
+    "deit": (81.8, 81.8), "mocov3": (76.2, 77.0), "dino": (77.3, 77.8), "beit": (41.8, 51.9),
+    "mae": (67.8, 74.2), "cae": (70.4, 77.1), "ibot": (79.5, 79.8),
+}
+
+# Table 2: ADE20K object-level linear segmentation, 150 classes, (mIoU, mAcc, aAcc).
+TABLE2_ADE20K = {
+    "deit": (34.9, 44.2, 75.4), "mocov3": (34.7, 43.9, 75.9), "dino": (34.5, 43.5, 76.1),
+    "beit": (17.8, 23.7, 64.9), "mae": (27.1, 34.8, 71.6), "cae": (32.6, 42.2, 75.2),
+    "ibot": (38.3, 47.4, 78.1),
+}
+
+# Table 3 columns, in the paper's order.
+TABLE3_COLUMNS = (
+    "Retrieval CUB Encoded", "Retrieval CUB Projected", "Retrieval COCO Encoded", "Retrieval COCO Projected",
+    "Classification CUB Linear", "Classification CUB Attentive",
+    "Classification COCO Linear", "Classification COCO Attentive",
+)
+TABLE3_PARTS = {
+    "deit":   (35.0, None, 44.1, None, 90.9, 92.9, 88.5, 91.4),
+    "mocov3": (50.8, 28.4, 52.3, 36.8, 93.8, 96.0, 92.4, 95.3),
+    "dino":   (48.9, 31.7, 51.8, 41.2, 93.2, 95.2, 91.7, 94.5),
+    "beit":   (27.9, None, 35.3, None, 55.4, 86.5, 69.3, 86.5),
+    "mae":    (28.5, None, 37.1, None, 86.9, 92.8, 88.0, 93.9),
+    "cae":    (58.0, None, 57.0, None, 89.5, 95.8, 91.1, 95.5),
+    "ibot":   (49.3, 31.2, 59.2, 41.5, 93.8, 95.8, 92.1, 95.1),
+}
+
+# Table 4: part-level linear segmentation, (mIoU, mAcc, aAcc) for each dataset.
+TABLE4_DATASETS = ("ade20k_part209", "pascal_part193", "lip19")
+TABLE4_PART_SEG = {
+    "deit":   ((27.3, 34.7, 69.2), (27.4, 36.1, 65.8), (41.4, 52.6, 73.5)),
+    "mocov3": ((27.1, 34.7, 70.1), (27.1, 35.8, 66.0), (41.9, 53.0, 74.5)),
+    "dino":   ((28.9, 36.8, 70.3), (27.8, 36.5, 66.4), (41.0, 51.9, 74.0)),
+    "beit":   ((18.6, 25.8, 58.2), (14.8, 21.4, 47.0), (27.2, 36.5, 60.1)),
+    "mae":    ((26.3, 35.0, 67.3), (24.3, 32.9, 61.5), (38.2, 48.7, 71.3)),
+    "cae":    ((28.4, 36.9, 71.1), (27.8, 37.0, 66.3), (43.7, 55.1, 75.9)),
+    "ibot":   ((32.2, 40.0, 73.4), (30.7, 40.0, 69.7), (44.6, 55.7, 76.6)),
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Protocol requirements
+# ---------------------------------------------------------------------------------------------------
+
+# Option -> the protocol keys that may carry it (the first one present is read). The suite's scripts
+# write the first name; the others are the spec's option names (protocols.md §7).
+OPTION_KEYS = {
+    "include_self": ("include_self", "retrieval_include_self", "self_match"),
+    "crop": ("crop", "part_crop", "part_crop_side"),
+    "keypoints": ("keypoints",),
+    "normalize": ("normalize", "retrieval_normalize"),
+    "coco_dist_scope": ("coco_dist_scope",),
+    "mae_token_shuffle": ("mae_token_shuffle",),
+    "head": ("head",),
+    "attentive_variant": ("attentive_variant", "variant"),
+    "seg_layers": ("seg_layers",),
+    "seg_upsample": ("seg_upsample",),
+    "data_source": ("data_source",),
+}
+
+
+@dataclass(frozen=True)
+class Requirement:
+    option: str                   # a key of OPTION_KEYS
+    accepted: tuple[Any, ...]     # values that match the paper's protocol
+    required: bool                # True: must be recorded (or implied by a preset); False: checked if recorded
+    presets: tuple[str, ...] = ()  # protocol["preset"] values that imply an accepted value when not recorded
+    why: str = ""
+
+
+_OFFICIAL_CODE = ("partaware",)
+_SELF_MATCH = Requirement("include_self", (True, "include", "included"), True, _OFFICIAL_CODE,
+                          "the official code keeps each query in its own gallery (protocols.md §8.2)")
+_CROP = Requirement("crop", ("official-code", "d/2"), True, _OFFICIAL_CODE,
+                    "the published numbers come from the official code's ~d/2 crop (protocols.md §4.1, §8.1)")
+_KEYPOINTS = Requirement("keypoints", ("paper",), False, (), "the paper's 4 CUB / 3 COCO keypoints")
+_NORMALIZE = Requirement("normalize", ("imagenet",), False, (), "ImageNet mean/std for every model (§4.1)")
+_COCO_SCOPE = Requirement("coco_dist_scope", ("code_exact", "person"), False, (),
+                          "the official code's distance pool is effectively per person (§4.1)")
+_MAE_SHUFFLE = Requirement("mae_token_shuffle", (True,), False, (),
+                           "the official MAE path shuffled tokens before the position embedding (§8.4)")
+_DATA = Requirement("data_source", ("official",), False, (), "generated data never compares with the paper")
+_LINEAR_HEAD = Requirement("head", ("linear",), False, (), "Table 3 linear probe: Linear on CLS, no BatchNorm (§4.3)")
+_LINEAR_BN_HEAD = Requirement("head", ("linear-bn",), True, (), "Table 1: the CAE protocol, BatchNorm + Linear (§3.1)")
+_PARTAWARE_ATTENTIVE = Requirement("attentive_variant", ("partaware",), True, _OFFICIAL_CODE,
+                                   "Table 3 attentive probe: the official code's head (§4.3, §6.3)")
+_CAE_ATTENTIVE = Requirement("attentive_variant", ("cae",), True, (),
+                             "Table 1 attentive probe: the CAE protocol (§3.1)")
+_SEG_LAYERS = Requirement("seg_layers", ([3, 5, 7, 11],), False, (), "official head on blocks [3,5,7,11] (§5.2)")
+_SEG_UPSAMPLE = Requirement("seg_upsample", ("none",), False, (),
+                            "the official code has no 4x upsampling before the 1x1 conv (§5.2)")
+
+
+@dataclass(frozen=True)
+class PublishedValue:
+    """One cell of the paper's tables, mapped to the suite's names."""
+    model: str                       # suite alias
+    table: str                       # e.g. "Table 3"
+    column: str                      # the paper's column, e.g. "Retrieval CUB Encoded"
+    task: str                        # e.g. "cub_part_retrieval"
+    metrics: tuple[str, ...]         # suite metric names the value applies to (see _metric_names)
+    features: tuple[str, ...] | None  # None: the feature is not constrained (segmentation)
+    value: float
+    requirements: tuple[Requirement, ...]
+    split: str | None = None         # required split, None: any
+    assumptions: tuple[str, ...] = field(default_factory=tuple)
+
+    def provenance(self) -> str:
+        text = f"{SOURCE}: {self.table}, {PAPER_MODELS[self.model]}, {self.column} = {self.value}"
+        return text + "".join(f"; {a}" for a in self.assumptions)
+
+
+_ENCODED_ASSUMPTION = ("'Encoded' taken as patch_mean (protocols.md §4.2, [inferred]); "
+                       "cls gets no published value")
+_AP_ASSUMPTION = "'AP' taken as the mean over queries (the official script's AP), not the class mean"
+_RETRIEVAL_PROTOCOL = "protocol: official code (self-match included, official-code crop, split all)"
+_BEST_EPOCH = "best-epoch top-1 (the official script's best_acc1, [inferred])"
+
+
+def _build_table() -> tuple[PublishedValue, ...]:
+    values: list[PublishedValue] = []
+    retrieval_reqs = (_SELF_MATCH, _CROP, _KEYPOINTS, _NORMALIZE, _DATA)
+    for model, row in TABLE3_PARTS.items():
+        for column, value in zip(TABLE3_COLUMNS, row):
+            if value is None:
+                continue
+            _, dataset_name, kind = column.split()
+            dataset = dataset_name.lower()
+            reqs = retrieval_reqs + ((_COCO_SCOPE,) if dataset == "coco" else ())
+            if model == "mae":
+                reqs += (_MAE_SHUFFLE,)
+            if kind == "Encoded":
+                values.append(PublishedValue(
+                    model, "Table 3", column, f"{dataset}_part_retrieval", ("AP",), ("patch_mean",), value,
+                    reqs, split="all", assumptions=(_ENCODED_ASSUMPTION, _AP_ASSUMPTION, _RETRIEVAL_PROTOCOL)))
+            elif kind == "Projected":
+                values.append(PublishedValue(
+                    model, "Table 3", column, f"{dataset}_part_retrieval", ("AP",), ("projection",), value,
+                    reqs, split="all", assumptions=(_AP_ASSUMPTION, _RETRIEVAL_PROTOCOL)))
+            elif kind == "Linear":
+                values.append(PublishedValue(
+                    model, "Table 3", column, f"{dataset}_linear_probe", ("top1_best",), ("cls",), value,
+                    (_CROP, _KEYPOINTS, _NORMALIZE, _DATA, _LINEAR_HEAD) + ((_MAE_SHUFFLE,) if model == "mae" else ()),
+                    assumptions=(_BEST_EPOCH, "head: Linear on CLS, no BatchNorm; official-code crops")))
+            else:  # Attentive
+                values.append(PublishedValue(
+                    model, "Table 3", column, f"{dataset}_attentive_probe", ("top1_best",), ("tokens",), value,
+                    (_CROP, _KEYPOINTS, _NORMALIZE, _DATA, _PARTAWARE_ATTENTIVE)
+                    + ((_MAE_SHUFFLE,) if model == "mae" else ()),
+                    assumptions=(_BEST_EPOCH, "attentive variant partaware; official-code crops")))
+    for model, (linear, attentive) in TABLE1_IMAGENET.items():
+        values.append(PublishedValue(model, "Table 1", "Linear", "imagenet_linear_probe", ("top1_best",), ("cls",),
+                                     linear, (_LINEAR_BN_HEAD, _DATA), assumptions=(_BEST_EPOCH, "CAE protocol")))
+        values.append(PublishedValue(model, "Table 1", "Attentive", "imagenet_attentive_probe", ("top1_best",),
+                                     ("tokens",), attentive, (_CAE_ATTENTIVE, _DATA),
+                                     assumptions=(_BEST_EPOCH, "CAE protocol")))
+    seg_reqs = (_SEG_LAYERS, _SEG_UPSAMPLE, _DATA)
+    seg_note = "official segmentation head (blocks [3,5,7,11], no 4x upsampling); checkpoint choice not published"
+    for model, triple in TABLE2_ADE20K.items():
+        for metric, value in zip(("mIoU", "mAcc", "aAcc"), triple):
+            values.append(PublishedValue(model, "Table 2", f"ADE20K {metric}", "ade20k_linear_segmentation",
+                                         (metric,), None, value, seg_reqs, assumptions=(seg_note,)))
+    for model, per_dataset in TABLE4_PART_SEG.items():
+        for dataset, triple in zip(TABLE4_DATASETS, per_dataset):
+            for metric, value in zip(("mIoU", "mAcc", "aAcc"), triple):
+                values.append(PublishedValue(model, "Table 4", f"{dataset} {metric}",
+                                             f"{dataset}_linear_segmentation", (metric,), None, value, seg_reqs,
+                                             assumptions=(seg_note,)))
+    return tuple(values)
+
+
+PUBLISHED: tuple[PublishedValue, ...] = _build_table()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lookup
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class PublishedMatch:
+    values: dict[str, float] = field(default_factory=dict)   # suite metric name (unprefixed) -> value
+    sources: dict[str, str] = field(default_factory=dict)    # same keys -> provenance string
+    reasons: list[str] = field(default_factory=list)         # why a table entry for this task/model did not apply
+
+
+def _recorded(protocol: Mapping[str, Any], option: str) -> tuple[bool, Any, str]:
+    for key in OPTION_KEYS[option]:
+        if key in protocol:
+            return True, protocol[key], key
+    return False, None, OPTION_KEYS[option][0]
+
+
+def _same(value: Any, accepted: Any) -> bool:
+    if isinstance(accepted, bool) or isinstance(value, bool):
+        return value is accepted or (isinstance(value, str) and value.lower() == str(accepted).lower())
+    return value == accepted
+
+
+def _check(req: Requirement, protocol: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(reason it fails, caveat when it passes only because the option is unrecorded)."""
+    present, value, key = _recorded(protocol, req.option)
+    if present:
+        if any(_same(value, ok) for ok in req.accepted):
+            return None, None
+        return f"{key}={value!r} but the paper's protocol has {req.accepted[0]!r} ({req.why})", None
+    if protocol.get("preset") in req.presets:
+        return None, f"{key} not recorded; implied by preset {protocol['preset']!r}"
+    if req.required:
+        return f"{key} not recorded (the paper's protocol has {req.accepted[0]!r}: {req.why})", None
+    return None, f"{key} not recorded (assumed {req.accepted[0]!r})"
+
+
+def _metric_names(entry: PublishedValue, protocol: Mapping[str, Any]) -> tuple[str, ...]:
+    # A best-epoch value also applies to a plain "top1" when the run says it selected the best epoch.
+    if entry.metrics == ("top1_best",) and protocol.get("model_selection") == "best":
+        return ("top1_best", "top1")
+    return entry.metrics
+
+
+def lookup(*, task: str, model: str, feature: str, protocol: Mapping[str, Any],
+           block: int | None = None, split: str | None = None) -> PublishedMatch:
+    """The published values that apply to this configuration, their provenance, and why others do not."""
+    match = PublishedMatch()
+    alias = paper_alias(model)
+    entries = [e for e in PUBLISHED if e.task == task and e.model == alias]
+    for entry in entries:
+        label = f"{entry.table} {entry.column}"
+        if entry.features is not None and feature not in entry.features:
+            if feature == "cls" and entry.features == ("patch_mean",):
+                match.reasons.append(f"{label}: 'Encoded' is taken as patch_mean, so cls is not compared")
+            continue  # another feature's column: not a reason worth reporting for this run
+        if block is not None:
+            match.reasons.append(f"{label}: the paper reports the final block only (this run: block {block})")
+            continue
+        if entry.split is not None and split is not None and split != entry.split:
+            match.reasons.append(f"{label}: the paper uses split {entry.split!r} (this run: {split!r})")
+            continue
+        failures, caveats = [], []
+        for req in entry.requirements:
+            failure, caveat = _check(req, protocol)
+            if failure:
+                failures.append(failure)
+            if caveat:
+                caveats.append(caveat)
+        if protocol.get("synthetic") is True:
+            failures.append("synthetic=True: generated data never compares with the paper")
+        if failures:
+            match.reasons.append(f"{label}: " + "; ".join(failures))
+            continue
+        source = entry.provenance() + "".join(f"; {c}" for c in caveats)
+        for metric in _metric_names(entry, protocol):
+            match.values[metric] = entry.value
+            match.sources[metric] = source
+    return match
+
+
+def paper_alias(model: str) -> str | None:
+    """The paper alias a model name stands for: the alias itself, or the registry entry that carries it.
+
+    ``encoder.info()["name"]`` is the registry name (e.g. ``dino_vit_base16_full``, whose alias is
+    ``dino``); a user's own file or any other entry is not one of the paper's models.
+    """
+    if model in PAPER_MODELS:
+        return model
+    return _registry_paper_names().get(model)
+
+
+@functools.lru_cache(maxsize=1)
+def _registry_paper_names() -> dict[str, str]:
+    try:
+        from probes.zoo.errors import RegistryError
+        from probes.zoo.registry import load_registry
+    except ImportError:  # the zoo is not importable: only the bare aliases match
+        return {}
+    try:
+        registry = load_registry()
+    except RegistryError:  # no or broken registry file: only the bare aliases match
+        return {}
+    return {entry_name: alias for alias, entry_name in registry.aliases.items() if alias in PAPER_MODELS}
+
+
+def published_values(*, task: str, model: str, feature: str, protocol: Mapping[str, Any],
+                     block: int | None = None, split: str | None = None) -> dict[str, float]:
     """Metric name (unprefixed) -> published value for this configuration, or {} when none applies."""
-    return {}
+    return lookup(task=task, model=model, feature=feature, protocol=protocol, block=block, split=split).values
+
+
+def reference_values(task: str, metric: str, feature: str | None) -> dict[str, PublishedValue]:
+    """Every paper model's published value for one task/metric/feature (for figures), by model alias."""
+    out = {}
+    for entry in PUBLISHED:
+        if entry.task == task and metric in entry.metrics + (("top1",) if entry.metrics == ("top1_best",) else ()):
+            if entry.features is None or feature in entry.features:
+                out[entry.model] = entry
+    return out

@@ -15,7 +15,9 @@ Every probe ends with::
 Files: ``<results>/<task>/<model>/<run_id>.json`` and ``<run_id>.config.json``. ``run_id`` is unique
 per run (time + random), so any number of processes can write into one folder at once and nothing
 is ever overwritten. Reruns of one configuration share ``config_hash``; the leaderboard resolves
-them by a stated rule. The schema is documented in ``probes/results_schema.json``.
+them by a stated rule. The schema is documented in ``probes/results_schema.json``; ``validate_record``
+checks the same rules (plus the cross-field ones a JSON Schema cannot state) with errors that name
+the file, the field and what was expected.
 
 Metric values are percentages (0-100) for AP, mAP, precision@k, accuracy and mIoU, as in the paper.
 """
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -38,9 +42,18 @@ from probes import __version__
 from probes.fileio import write_json_atomic
 
 SCHEMA_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).with_name("results_schema.json")
 
 # Probe names the suite writes; the task is "<dataset>_<probe>", e.g. "cub_part_retrieval".
-PROBES = ("part_retrieval", "object_retrieval", "knn", "linear_probe", "attentive_probe")
+PROBES = ("part_retrieval", "object_retrieval", "knn", "linear_probe", "attentive_probe", "linear_segmentation")
+
+RUN_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
+CONFIG_HASH_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+SHA256_PATTERN = re.compile(r"^([0-9a-f]{64})?$")  # empty for encoders without a checkpoint file (baselines)
+
+
+class RecordError(ValueError):
+    """A result record (or its file) breaks the schema; the message names the source and the field."""
 
 
 @dataclass
@@ -69,39 +82,142 @@ class RunRecord:
     wall_time_s: float
     device: str
     notes: list[str] = field(default_factory=list)
+    # metric key -> where its published value comes from (table, column, mapping assumptions)
+    published_source: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> "RunRecord":
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"{source}: field 'schema_version' is {version!r}, expected {SCHEMA_VERSION!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names if n not in data and n != "notes")
-        if missing:
-            raise ValueError(f"{source}: missing field(s) {missing} of a result record")
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown field(s) {unknown} in a result record")
-        for key in ("protocol", "metrics", "published", "delta"):
-            if not isinstance(data[key], dict):
-                raise ValueError(f"{source}: field {key!r} must be an object, got {type(data[key]).__name__}")
-        for key, value in data["metrics"].items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(f"{source}: metric {key!r} must be a number, got {value!r}")
+        validate_record(data, source)
+        names = [f.name for f in dataclasses.fields(cls)]
         return cls(**{k: data[k] for k in names if k in data})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunRecord":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_record_json(path), source=str(path))
 
+
+# ---------------------------------------------------------------------------------------------------
+# Validation: the same rules as results_schema.json, with messages that name file, field, expectation.
+# ---------------------------------------------------------------------------------------------------
+
+_OPTIONAL_FIELDS = {"notes": list, "published_source": dict}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_json_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_is_json_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json_plain(v) for k, v in value.items())
+    return False
+
+
+def validate_record(data: Any, source: str = "<dict>") -> None:
+    """Raise RecordError naming ``source``, the field and what was expected, at the first violation."""
+    def fail(name: str, expected: str, value: Any = dataclasses.MISSING) -> None:
+        got = "" if value is dataclasses.MISSING else f", got {value!r}"
+        raise RecordError(f"{source}: field {name!r}: expected {expected}{got}")
+
+    if not isinstance(data, Mapping):
+        raise RecordError(f"{source}: expected a JSON object (a result record), got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        fail("schema_version", f"{SCHEMA_VERSION!r} (this reader's schema version)", version)
+    names = [f.name for f in dataclasses.fields(RunRecord)]
+    missing = [n for n in names if n not in data and n not in _OPTIONAL_FIELDS]
+    if missing:
+        raise RecordError(f"{source}: missing field(s) {missing} of a result record")
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise RecordError(f"{source}: unknown field(s) {unknown} in a result record (schema {SCHEMA_VERSION})")
+
+    for name in ("probe", "task", "dataset", "split", "model", "method", "arch", "feature",
+                 "package_version", "git_commit", "device"):
+        if not isinstance(data[name], str):
+            fail(name, "a string", data[name])
+    for name in ("probe", "task", "dataset", "split", "model", "feature"):
+        if not data[name]:
+            fail(name, "a non-empty string", data[name])
+    if not RUN_ID_PATTERN.match(str(data["run_id"])):
+        fail("run_id", "'<UTC yyyymmddThhmmssffffff>Z-<8 hex>'", data["run_id"])
+    if not isinstance(data["config_hash"], str) or not CONFIG_HASH_PATTERN.match(data["config_hash"]):
+        fail("config_hash", "16 lowercase hex digits", data["config_hash"])
+    if not isinstance(data["checkpoint_sha256"], str) or not SHA256_PATTERN.match(data["checkpoint_sha256"]):
+        fail("checkpoint_sha256", "64 lowercase hex digits, or '' for an encoder without a checkpoint file",
+             data["checkpoint_sha256"])
+    if data["probe"] not in PROBES:
+        fail("probe", f"one of {list(PROBES)}", data["probe"])
+    if data["task"] != f"{data['dataset']}_{data['probe']}":
+        fail("task", f"'<dataset>_<probe>' = {data['dataset']}_{data['probe']!s}", data["task"])
+    for name in ("block", "seed"):
+        value = data[name]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            fail(name, "a non-negative integer or null", value)
+    if not _is_number(data["wall_time_s"]) or not math.isfinite(data["wall_time_s"]) or data["wall_time_s"] < 0:
+        fail("wall_time_s", "a non-negative number of seconds", data["wall_time_s"])
+    try:
+        created = _dt.datetime.fromisoformat(str(data["created"]))
+    except ValueError:
+        created = None
+    if created is None or created.tzinfo is None:
+        fail("created", "an ISO 8601 timestamp with a time zone", data["created"])
+
+    if not isinstance(data["protocol"], dict) or not _is_json_plain(data["protocol"]):
+        fail("protocol", "an object of JSON values (strings, numbers, booleans, null, lists, objects)",
+             data["protocol"])
+    prefix = f"{data['task']}/"
+    for name in ("metrics", "published", "delta"):
+        table = data[name]
+        if not isinstance(table, dict):
+            fail(name, "an object mapping '<task>/<metric>' to a number", table)
+        for key, value in table.items():
+            if not key.startswith(prefix) or len(key) == len(prefix):
+                fail(f"{name}.{key}", f"a metric name prefixed by the task, '{prefix}<metric>'")
+            if not _is_number(value) or not math.isfinite(value):
+                fail(f"{name}.{key}", "a finite number (percent)", value)
+    for key in data["published"]:
+        if key not in data["metrics"]:
+            fail(f"published.{key}", "a published value only for a metric the run measured")
+    if set(data["delta"]) != set(data["published"]):
+        fail("delta", f"one difference per published value, keys {sorted(data['published'])}", sorted(data["delta"]))
+    for key, value in data["delta"].items():
+        if abs(value - (data["metrics"][key] - data["published"][key])) > 1e-6:
+            fail(f"delta.{key}", f"metrics - published = {data['metrics'][key] - data['published'][key]!r}", value)
+    notes = data.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        fail("notes", "a list of strings", notes)
+    sources = data.get("published_source", {})
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        fail("published_source", "an object mapping metric keys to strings", sources)
+    for key in sources:
+        if key not in data["published"]:
+            fail(f"published_source.{key}", "a source only for a metric with a published value")
+
+
+def read_record_json(path: str | os.PathLike) -> Any:
+    """The parsed JSON of a record file; RecordError naming the file when it is not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise RecordError(f"{path}: not UTF-8 text ({err})") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building and writing records
+# ---------------------------------------------------------------------------------------------------
 
 def task_name(dataset: str, probe: str) -> str:
     if probe not in PROBES:
@@ -115,8 +231,12 @@ def config_hash(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the code that ran, with ``+dirty`` when the work tree had changes; ``unknown`` outside git."""
+    """The commit of the code that ran, with ``+dirty`` when the work tree had changes; ``unknown`` outside git.
+
+    Asked once per process: the code that runs is the code imported at start.
+    """
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -137,40 +257,71 @@ def new_run_id() -> str:
 def make_record(*, probe: str, dataset: str, split: str, encoder_info: Mapping[str, Any], feature: str,
                 block: int | None, protocol: Mapping[str, Any], metrics: Mapping[str, float],
                 seed: int | None, wall_time_s: float, device: str, notes: list[str] | None = None) -> RunRecord:
-    """Build a record; metric names get the task prefix and published values are looked up."""
-    from probes.published import published_values  # local: the table is only needed here
+    """Build a validated record; metric names get the task prefix and published values are looked up.
+
+    A published value is attached only when the run is the paper's measurement (``probes.published``);
+    when a paper model ran a different protocol, a note says why it has no published value.
+    """
+    from probes.published import lookup  # local: the tables are only needed here
 
     task = task_name(dataset, probe)
-    protocol = {k: _plain(v) for k, v in sorted(protocol.items())}
+    protocol = {str(k): _plain(v) for k, v in sorted(protocol.items())}
+    sha = encoder_info.get("checkpoint_sha256") or ""
     identity = {
         "probe": probe, "dataset": dataset, "split": split, "model": encoder_info["name"],
-        "checkpoint_sha256": encoder_info.get("checkpoint_sha256", ""), "feature": feature,
-        "block": block, "protocol": protocol, "seed": seed,
+        "checkpoint_sha256": sha, "feature": feature, "block": block, "protocol": protocol, "seed": seed,
     }
-    prefixed = {f"{task}/{name}": float(value) for name, value in metrics.items()}
-    published = published_values(task=task, model=encoder_info["name"], feature=feature, protocol=protocol)
-    published = {f"{task}/{name}": float(v) for name, v in published.items() if f"{task}/{name}" in prefixed}
-    delta = {key: prefixed[key] - value for key, value in published.items()}
-    return RunRecord(
+    prefixed = {}
+    for name, value in metrics.items():
+        value = float(_plain(value))
+        if not math.isfinite(value):
+            raise ValueError(f"metric {name!r} of {task} is {value!r}; a record stores finite numbers only")
+        prefixed[f"{task}/{name}"] = value
+    match = lookup(task=task, model=encoder_info["name"], feature=feature, protocol=protocol,
+                   block=block, split=split)
+    published = {f"{task}/{m}": float(v) for m, v in match.values.items() if f"{task}/{m}" in prefixed}
+    sources = {f"{task}/{m}": s for m, s in match.sources.items() if f"{task}/{m}" in published}
+    notes = list(notes or []) + [f"no published comparison: {reason}" for reason in match.reasons]
+    record = RunRecord(
         schema_version=SCHEMA_VERSION, run_id=new_run_id(), config_hash=config_hash(identity),
         probe=probe, task=task, dataset=dataset, split=split, model=encoder_info["name"],
-        method=encoder_info.get("method", ""), arch=encoder_info.get("arch", ""),
-        checkpoint_sha256=encoder_info.get("checkpoint_sha256", ""), feature=feature, block=block,
-        protocol=protocol, metrics=prefixed, published=published, delta=delta, seed=seed,
+        method=encoder_info.get("method") or "", arch=encoder_info.get("arch") or "",
+        checkpoint_sha256=sha, feature=feature, block=None if block is None else int(block),
+        protocol=protocol, metrics=prefixed, published=published,
+        delta={key: prefixed[key] - value for key, value in published.items()},
+        seed=None if seed is None else int(seed),
         package_version=__version__, git_commit=git_commit(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-        wall_time_s=float(wall_time_s), device=device or platform.node(), notes=list(notes or []),
+        wall_time_s=float(wall_time_s), device=device or platform.node(), notes=notes,
+        published_source=sources,
     )
+    validate_record(record.to_dict(), source=f"record of {task}/{record.model}")
+    return record
+
+
+def record_dir(results_dir: str | os.PathLike, record: RunRecord) -> Path:
+    return Path(results_dir) / record.task / _safe(record.model)
 
 
 def write_record(record: RunRecord, results_dir: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     """Write ``<run_id>.config.json`` then ``<run_id>.json`` atomically; returns the record's path.
 
-    The record is written last, so a record on disk always has its configuration beside it.
+    The record is written last, so a record on disk always has its configuration beside it. An
+    existing record is never replaced (run ids are unique; a clash means a copied record object).
     """
-    folder = Path(results_dir) / record.task / _safe(record.model)
-    write_json_atomic(folder / f"{record.run_id}.config.json", {k: _plain(v) for k, v in config.items()})
-    return write_json_atomic(folder / f"{record.run_id}.json", record.to_dict())
+    validate_record(record.to_dict(), source=f"record {record.run_id}")
+    folder = record_dir(results_dir, record)
+    path = folder / f"{record.run_id}.json"
+    if path.exists():
+        raise FileExistsError(f"{path}: a record with run_id {record.run_id} exists; records are never overwritten")
+    write_json_atomic(folder / f"{record.run_id}.config.json", {str(k): _plain(v) for k, v in config.items()})
+    return write_json_atomic(path, record.to_dict())
+
+
+def config_path_for(record_path: str | os.PathLike) -> Path:
+    """The configuration file written beside a record."""
+    path = Path(record_path)
+    return path.with_name(path.name[: -len(".json")] + ".config.json")
 
 
 def iter_record_paths(results_dir: str | os.PathLike):

@@ -1,0 +1,44 @@
+"""Small datasets in the exact official layouts, for tests and demos: `synth(name, out_dir, seed)`.
+
+To add a generator, add one line to GENERATORS: "name": "module:function". The function takes
+(out_dir, seed=0, **sizes), writes the official layout under out_dir and returns the root its reader
+takes. Modules are imported only when their generator is asked for.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+GENERATORS: dict[str, str] = {
+    "cub": "probes.data.cub_synth:synth_cub",
+    "coco": "probes.data.coco_synth:synth_coco",
+    "cifar10": "probes.data.cifar_synth:synth_cifar10",
+    "lip": "probes.data.lip_synth:synth_lip",
+    "ade20k-part-209": "probes.data.mmseg_synth:synth_ade20k_part_209",
+    "ade20k-object-59": "probes.data.mmseg_synth:synth_ade20k_object_59",
+    "pascal-part-193": "probes.data.mmseg_synth:synth_pascal_part_193",
+    "pascal-object-16": "probes.data.mmseg_synth:synth_pascal_object_16",
+    "lip-19": "probes.data.mmseg_synth:synth_lip_19",
+    "ade20k": "probes.data.ade20k_synth:synth_ade20k",
+    "ade20k-full": "probes.data.ade20k_synth:synth_ade20k_full",
+    "ade20k-part-234": "probes.data.ade20k_synth:synth_ade20k_part234",
+    "pascal-part": "probes.data.pascal_part_synth:synth_pascal_part",
+    "pascal-part-58": "probes.data.pascal_part_synth:synth_pascal_part_gmnet",
+    "pascal-part-108": "probes.data.pascal_part_synth:synth_pascal_part_gmnet",
+    "pascal-part-116": "probes.data.pascal_part_synth:synth_pascal_part_116",
+}
+
+
+def generator(name: str):
+    try:
+        target = GENERATORS[name]
+    except KeyError:
+        raise KeyError(f"no generator named {name!r}; known: {', '.join(sorted(GENERATORS))}") from None
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def synth(name: str, out_dir: str | os.PathLike, seed: int = 0, **sizes) -> Path:
+    """Write a small `name` dataset under out_dir (deterministic for a seed); returns the reader's root."""
+    return Path(generator(name)(out_dir, seed=seed, **sizes))

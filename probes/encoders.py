@@ -1,0 +1,283 @@
+"""One interface for every encoder: registry names, ``timm:<model>``, a user's file, or a baseline.
+
+    enc = load_encoder("dino")                                   # registry name or alias (checkpoints.yaml)
+    enc = load_encoder("timm:vit_small_patch16_224.dino")         # timm's pretrained weights
+    enc = load_encoder("ckpt.pth", format="dino_full", arch="vit_base_patch16_224")
+    enc = load_encoder("ckpt.pth", format="mocov3",
+                       arch={"model": "vit_small_patch16_224", "kwargs": {"img_size": 64, "num_heads": 8}})
+    feats = enc.extract(images, ["cls", "patch_mean", "block"], block=7)
+
+Features are float32 on the CPU whatever the device. Images are normalised ``[B, 3, H, W]`` batches,
+e.g. from ``enc.eval_transform()`` (the method's own transform from the registry, not timm's default).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from probes.zoo.build import VIT_CLASSES, load_model
+from probes.zoo.checkpoint import load_checkpoint
+from probes.zoo.convert import detect_format
+from probes.zoo.download import fetch, file_hashes, is_offline
+from probes.zoo.errors import CheckpointError, OfflineError, RegistryError, ZooError
+from probes.zoo.registry import BASELINE_FORMAT, Arch, Entry, Transform, get_entry, local_entry, parse_arch
+
+FEATURES = ("cls", "patch_mean", "tokens", "patch_map", "block", "projection", "projection_patch")
+
+
+def _to_rgb(image):
+    return image.convert("RGB")
+
+
+class Encoder:
+    """A frozen encoder in eval mode with its eval transform. See the module docstring and docs/CONTRACTS.md."""
+
+    def __init__(self, model: nn.Module, *, name: str, method: str, arch: Arch, format: str, source: str,
+                 checkpoint_sha256: str, transform: Transform, projection: nn.Module | None = None,
+                 device: torch.device | str = "cpu"):
+        self.model = model.eval()
+        self.projection = projection.eval() if projection is not None else None
+        self.name, self.method, self.arch, self.format = name, method, arch, format
+        self.source, self.checkpoint_sha256 = source, checkpoint_sha256
+        self.device = torch.device(device)
+        self.kind = "vit" if isinstance(model, VIT_CLASSES) else "resnet"
+        if self.kind == "vit":
+            self.embed_dim = int(model.embed_dim)
+            self.num_blocks = len(model.blocks)
+            self.patch_size = int(model.patch_embed.patch_size[0])
+        else:
+            self.embed_dim = int(model.num_features)
+            self.num_blocks = 4  # stages layer1..layer4
+            self.patch_size = None
+        self.mean, self.std = tuple(transform.mean), tuple(transform.std)
+        self.interpolation, self.resize, self.crop_size = transform.interpolation, transform.resize, transform.crop
+        self.has_projection = projection is not None
+        self.has_projection_patch = hasattr(projection, "forward_patches")
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.name!r}, {self.arch.describe()}, format={self.format!r}, device={self.device})"
+
+    def info(self) -> dict[str, str]:
+        return {"name": self.name, "method": self.method, "arch": self.arch.describe(),
+                "checkpoint_sha256": self.checkpoint_sha256, "format": self.format, "source": self.source}
+
+    def eval_transform(self) -> Callable:
+        from torchvision import transforms as T
+
+        mode = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}[self.interpolation]
+        return T.Compose([T.Lambda(_to_rgb), T.Resize(self.resize, interpolation=mode), T.CenterCrop(self.crop_size),
+                          T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def to(self, device: torch.device | str) -> "Encoder":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        if self.projection is not None:
+            self.projection.to(self.device)
+        return self
+
+    # -------------------------------------------------------------------------------- features
+    def features(self, images: torch.Tensor, feature: str, block: int | None = None) -> torch.Tensor:
+        return self.extract(images, [feature], block=block)[feature]
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor, features: Iterable[str], block: int | None = None) -> dict[str, torch.Tensor]:
+        features = list(features)
+        unknown = [f for f in features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {unknown} (expected some of {list(FEATURES)})")
+        if ("projection" in features and not self.has_projection) or (
+                "projection_patch" in features and not self.has_projection_patch):
+            raise ValueError(f"{self.name}: this checkpoint carries no projection head for "
+                             f"{[f for f in features if f.startswith('projection')]}")
+        if "block" in features and (not isinstance(block, int) or not 0 <= block < self.num_blocks):
+            raise ValueError(f"{self.name}: feature 'block' needs block in 0..{self.num_blocks - 1}, got {block!r}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be a normalised [B, 3, H, W] batch, got shape {tuple(images.shape)}")
+        images = images.to(self.device, non_blocking=True)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        with autocast:
+            out = self._vit(images, features, block) if self.kind == "vit" else self._resnet(images, features, block)
+        return {k: v.float().cpu() for k, v in out.items()}
+
+    def _vit(self, images, features, block):
+        final_needed = any(f != "block" for f in features)
+        out: dict[str, torch.Tensor] = {}
+        if "block" in features:
+            result = self.model.forward_intermediates(
+                images, indices=[block], norm=False, output_fmt="NLC", return_prefix_tokens=True,
+                stop_early=not final_needed, intermediates_only=not final_needed)
+            tokens, inter = result if final_needed else (None, result)
+            patches, prefix = inter[0]
+            out["block"] = torch.cat([prefix, patches], dim=1)
+        else:
+            tokens = self.model.forward_features(images)
+        if not final_needed:
+            return out
+        n_prefix = self.model.num_prefix_tokens
+        patches = tokens[:, n_prefix:]
+        for name in features:
+            if name == "tokens":
+                out[name] = tokens
+            elif name == "cls":
+                out[name] = tokens[:, 0]
+            elif name == "patch_mean":
+                out[name] = patches.mean(dim=1)
+            elif name == "patch_map":
+                h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+                out[name] = patches.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+            elif name == "projection":
+                out[name] = self.projection(tokens[:, 0])
+            elif name == "projection_patch":
+                out[name] = self.projection.forward_patches(patches)
+        return out
+
+    def _resnet(self, images, features, block):
+        indices = [block + 1] if "block" in features else [4]  # index 0 is the stem
+        last, inter = self.model.forward_intermediates(images, indices=indices)
+        pooled = last.mean(dim=(2, 3))
+        out: dict[str, torch.Tensor] = {}
+        for name in features:
+            if name == "block":
+                out[name] = inter[0]
+            elif name in ("cls", "patch_mean"):
+                out[name] = pooled
+            elif name == "patch_map":
+                out[name] = last
+            elif name == "tokens":  # pooled feature first, like a CLS token, then the last-stage cells
+                out[name] = torch.cat([pooled[:, None], last.flatten(2).transpose(1, 2)], dim=1)
+            elif name == "projection":
+                out[name] = self.projection(pooled)
+        return out
+
+
+# ------------------------------------------------------------------------------------------ loading
+def default_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _override_arch(base: Arch, arch: Any, where: str) -> Arch:
+    """Registry arch with the caller's kwargs on top (e.g. ``{"kwargs": {"img_size": 448}}``)."""
+    if arch is None:
+        return base
+    if isinstance(arch, str):
+        return Arch(arch, dict(base.kwargs))
+    if isinstance(arch, Mapping) and set(arch) <= {"model", "kwargs"}:
+        return Arch(arch.get("model", base.model), {**base.kwargs, **dict(arch.get("kwargs") or {})})
+    return parse_arch(arch, where)
+
+
+def load_encoder(name: str | os.PathLike, format: str | None = None, arch: str | Mapping | Arch | None = None,
+                 device: str | torch.device | None = None, offline: bool | None = None,
+                 transform: Transform | None = None) -> Encoder:
+    """Load an encoder by registry name/alias, ``timm:<model>``, or checkpoint path (see module docstring).
+
+    ``arch`` is a timm model name or ``{"model": name, "kwargs": {...}}``; for registry entries its kwargs
+    are laid over the registry's. ``transform`` overrides the eval transform (local files default to
+    their method's). ``offline=True`` (or PARTPROBE_OFFLINE=1) never touches the network.
+    """
+    name = os.fspath(name)
+    if name.startswith("timm:"):
+        return _load_timm(name[len("timm:"):], device, offline)
+    path = Path(name).expanduser()
+    if path.is_file():
+        return _load_file(path, format, arch, device, transform)
+    if os.sep in name or name.endswith((".pth", ".pt", ".tar", ".safetensors")):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    entry = get_entry(name)
+    if entry.format == BASELINE_FORMAT:
+        try:
+            from probes.baselines import build_baseline
+        except ImportError as err:
+            raise ZooError(f"baseline {entry.name!r} needs probes.baselines.build_baseline ({err})") from None
+        return build_baseline(entry.name)
+    if format is not None and format != entry.format:
+        raise RegistryError(f"{entry.name}: registry format is {entry.format!r}; format={format!r} contradicts it")
+    checkpoint, sha256 = fetch(entry, offline=offline)
+    return _from_checkpoint(checkpoint, entry.format, _override_arch(entry.arch, arch, entry.name), device,
+                            name=entry.name, method=entry.method, source=entry.source, sha256=sha256,
+                            transform=transform or entry.transform)
+
+
+def _load_file(path: Path, format: str | None, arch: Any, device, transform: Transform | None) -> Encoder:
+    obj = load_checkpoint(path)
+    fmt = format or detect_format(obj, where=str(path))
+    entry = local_entry(path, fmt, parse_arch(arch, str(path)) if arch is not None else None)
+    sha256, _ = file_hashes(path)
+    return _from_object(obj, fmt, entry.arch, device, name=entry.name, method=entry.method, source=str(entry.local_path),
+                        sha256=sha256, transform=transform or entry.transform, where=str(path))
+
+
+def _from_checkpoint(path: Path, fmt: str, arch: Arch, device, **kw) -> Encoder:
+    return _from_object(load_checkpoint(path), fmt, arch, device, where=str(path), **kw)
+
+
+def _from_object(obj: Any, fmt: str, arch: Arch | None, device, *, name: str, method: str, source: str, sha256: str,
+                 transform: Transform, where: str) -> Encoder:
+    device = default_device(device)
+    loaded = load_model(obj, fmt, arch, where=where, device="cpu")
+    return Encoder(loaded.model, name=name, method=method, arch=loaded.arch, format=fmt, source=source,
+                   checkpoint_sha256=sha256, transform=transform, projection=loaded.projection).to(device)
+
+
+# ------------------------------------------------------------------------------------------ timm
+def timm_transform(model_name: str) -> Transform:
+    """Eval transform from timm's pretrained cfg of a tagged model (``vit_small_patch16_224.dino``)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None:
+        raise RegistryError(f"timm:{model_name}: timm has no pretrained weights under that name "
+                            f"(see timm.list_models(pretrained=True))")
+    crop = int(cfg.input_size[-1])
+    interpolation = cfg.interpolation if cfg.interpolation in ("bicubic", "bilinear") else "bicubic"
+    return Transform(tuple(cfg.mean), tuple(cfg.std), interpolation, math.floor(crop / cfg.crop_pct), crop)  # as timm
+
+
+def _load_timm(model_name: str, device, offline: bool | None) -> Encoder:
+    import timm
+
+    transform = timm_transform(model_name)
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    cached = _hf_cached_file(cfg)
+    if is_offline(offline) and cached is None:
+        raise OfflineError(f"timm:{model_name}: weights are not in the Hugging Face cache and downloads are off. "
+                           f"Run once online, or fetch {cfg.hf_hub_id or cfg.url} into "
+                           f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}")
+    try:
+        model = timm.create_model(model_name, pretrained=True, num_classes=0)
+    except Exception as err:  # network and hub errors come in many types
+        raise OfflineError(f"timm:{model_name}: could not get timm's pretrained weights "
+                           f"({cfg.hf_hub_id or cfg.url}): {err}") from None
+    if not isinstance(model, VIT_CLASSES) and type(model).__name__ != "ResNet":
+        raise RegistryError(f"timm:{model_name}: {type(model).__name__} is not supported (ViT, BEiT or ResNet expected)")
+    cached = cached or _hf_cached_file(cfg)
+    sha256 = file_hashes(cached)[0] if cached else "unknown"
+    arch = Arch(model_name.split(".")[0], {"num_classes": 0})
+    return Encoder(model, name=f"timm:{model_name}", method="timm", arch=arch, format="timm",
+                   source=f"timm:{model_name} ({cfg.hf_hub_id or cfg.url})", checkpoint_sha256=sha256,
+                   transform=transform).to(default_device(device))
+
+
+def _hf_cached_file(cfg) -> Path | None:
+    if not getattr(cfg, "hf_hub_id", None):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo = cfg.hf_hub_id.split("@")[0]
+    for filename in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"):
+        if filename:
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str):
+                return Path(found)
+    return None
