@@ -34,6 +34,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state, works under 
 from matplotlib.ticker import MaxNLocator
 
 from analysis.leaderboard import Cell, ColumnKey, LoadedRecord, RecordSet, build_cells, load_records
+from probes.fileio import atomic_path
 from probes.published import PAPER_MODELS, paper_alias, reference_values
 
 HEADLINE_METRICS = ("AP", "top1_best", "top1", "mIoU", "acc1", "mAP")
@@ -73,13 +74,13 @@ def metric_name(cell_or_key: Cell | ColumnKey) -> str:
     return column.metric.split("/", 1)[1]
 
 
-def level(task_probe: str, dataset: str) -> str:
+def level(probe: str, dataset: str) -> str:
     """'part' or 'object': what a task measures."""
-    if task_probe == "part_retrieval":
+    if probe == "part_retrieval":
         return "part"
-    if task_probe in ("linear_probe", "attentive_probe", "knn") and dataset in PART_CROP_DATASETS:
+    if probe in ("linear_probe", "attentive_probe", "knn") and dataset in PART_CROP_DATASETS:
         return "part"
-    if task_probe == "linear_segmentation":
+    if probe == "linear_segmentation":
         return "part" if ("part" in dataset or dataset.startswith("lip")) else "object"
     return "object"
 
@@ -116,9 +117,10 @@ def _model_label(model: str) -> str:
 
 
 def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
+    """Write the PNG atomically: a reader (or a rerun) never sees half an image."""
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120, bbox_inches="tight")
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     return out_png
 
 
@@ -198,7 +200,7 @@ def object_vs_part(records, out_png: str | os.PathLike) -> FigureResult:
         series: dict[str, dict[str, float]] = {}
         for cell in cells:
             if cell.column.task == task and cell.column.metric == metric:
-                label = cell.column.name().split(" ", 1)[1]
+                label = cell.column.descriptor()
                 series.setdefault(label, {})[cell.row.model] = cell.value
         models = sorted({m for v in series.values() for m in v}, key=_paper_order)
         _bars(ax, models, sorted(series.items())[:6])
@@ -247,7 +249,7 @@ def per_block(records, out_png: str | os.PathLike) -> FigureResult:
             points = sorted(by_model[model], key=lambda c: c.column.block)
             line, = ax.plot([c.column.block for c in points], [c.value for c in points], marker="o",
                             label=_model_label(model))
-            final = _final_value(cells, points[0], metric)
+            final = _final_value(cells, points, metric)
             if final is not None:
                 ax.axhline(final, linestyle=":", color=line.get_color(), linewidth=1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -262,14 +264,29 @@ def per_block(records, out_png: str | os.PathLike) -> FigureResult:
     return FigureResult("per_block", path, f"{len(keys)} panel(s), {n_points} per-block values")
 
 
-def _final_value(cells: Sequence[Cell], block_cell: Cell, metric: str) -> float | None:
-    """The same model, task, feature and protocol at the final output (block None), if measured."""
-    ref = block_cell.loaded.record
+# Protocol options that describe which block was read; they differ between a block and the final output.
+BLOCK_OPTIONS = ("feature_source",)
+
+
+def _final_value(cells: Sequence[Cell], series: Sequence[Cell], metric: str) -> float | None:
+    """The same model, task, feature and protocol at the final output (block None), if measured.
+
+    Options that change along the block series (or name the block) are not compared.
+    """
+    ref = series[0].loaded.record
+    varying = {k for c in series for k in c.loaded.record.protocol
+               if c.loaded.record.protocol.get(k) != ref.protocol.get(k)}
+    ignored = varying | set(BLOCK_OPTIONS)
+
+    def comparable(protocol: dict) -> dict:
+        return {k: v for k, v in protocol.items() if k not in ignored}
+
     for cell in cells:
         r = cell.loaded.record
         if (cell.column.block is None and cell.column.metric == metric and r.model == ref.model
                 and r.checkpoint_sha256 == ref.checkpoint_sha256 and r.feature == ref.feature
-                and r.protocol == ref.protocol and r.split == ref.split and r.seed == ref.seed):
+                and comparable(r.protocol) == comparable(ref.protocol) and r.split == ref.split
+                and r.seed == ref.seed):
             return cell.value
     return None
 

@@ -163,10 +163,14 @@ class ColumnKey:
     block: int | None
     variant: tuple[tuple[str, str], ...]     # the settings that tell this column from its group's others
 
-    def name(self) -> str:
+    def descriptor(self) -> str:
+        """``[<feature> block=<k> <option>=<value> ...]``: everything but the metric."""
         parts = [self.feature] + ([f"block={self.block}"] if self.block is not None else [])
         parts += [f"{k}={v}" for k, v in self.variant]
-        return f"{self.metric} [{' '.join(parts)}]"
+        return f"[{' '.join(parts)}]"
+
+    def name(self) -> str:
+        return f"{self.metric} {self.descriptor()}"
 
     def sort_key(self) -> tuple:
         return (self.task, -1 if self.block is None else self.block, self.feature, self.variant, self.metric)
@@ -308,13 +312,13 @@ def long_table(record_set: RecordSet) -> Table:
     protocol_keys = sorted({k for r in record_set.records for k in r.record.protocol})
     metric_keys = sorted({k for r in record_set.records for k in r.record.metrics})
     published_keys = {k for r in record_set.records for k in r.record.published}
-    metric_columns = []
+    metric_columns = []  # (column name, record table, metric key); metric names may contain spaces
     for key in metric_keys:
-        metric_columns.append((key, "metrics"))
+        metric_columns.append((key, "metrics", key))
         if key in published_keys:
-            metric_columns += [(f"{key} published", "published"), (f"{key} delta", "delta")]
+            metric_columns += [(f"{key} published", "published", key), (f"{key} delta", "delta", key)]
     header = (LONG_FIELDS + ["protocol"] + [f"protocol.{k}" for k in protocol_keys]
-              + [name for name, _ in metric_columns] + ["published_source", "notes", "path", "config_path"])
+              + [name for name, _, _ in metric_columns] + ["published_source", "notes", "path", "config_path"])
     rows = []
     for loaded in record_set.records:
         r = loaded.record
@@ -326,8 +330,7 @@ def long_table(record_set: RecordSet) -> Table:
         for key in protocol_keys:
             value = r.protocol.get(key, "")
             row.append(json.dumps(value) if isinstance(value, (list, dict)) else value)
-        for name, table in metric_columns:
-            key = name.split(" ")[0]
+        for _, table, key in metric_columns:
             row.append(getattr(r, table).get(key, ""))
         row.append(json.dumps(r.published_source, sort_keys=True) if r.published_source else "")
         row.append(" | ".join(r.notes))

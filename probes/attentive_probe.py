@@ -98,11 +98,12 @@ def token_maps(encoder, task: Task, block: int | None, batch_size: int, num_work
 def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset: str = "partaware",
         block: int | None = None, tokens: str | None = None, bn_eval: str = "batch", num_heads: int | None = None,
         epochs: int | None = None, batch_size: int | None = None, eval_batch_size: int | None = None,
-        lr: float | None = None, base_lr: float | None = None, seed: int = 0, device: str | None = None,
+        lr: float | None = None, base_lr: float | None = None, warmup_epochs: float | None = None, seed: int = 0,
+        device: str | None = None,
         results: str | os.PathLike | None = None, crop: str = "official-code", keypoints: str = "paper",
         normalize: str | None = None, coco_dist_scope: str = "code_exact", token_cache_gb: float = 8.0,
         stream: bool = False, extract_batch_size: int = 64, num_workers: int = 0, format: str | None = None,
-        arch=None, encoder=None, data_source: str | None = None, stop_after_epochs: int | None = None,
+        arch=None, encoder=None, data_source: str | None = "official", stop_after_epochs: int | None = None,
         progress: bool = True) -> dict[str, Any]:
     """Attentive probe of ``model`` on ``dataset``; writes the record and returns
     ``{"attentive": {...}, "history": [...], "records": [paths], "token_source": "cache" | "stream"}``."""
@@ -118,7 +119,8 @@ def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset:
         raise ValueError("give --lr (absolute) or --base-lr (scaled by batch/256), not both")
     if token_cache_gb < 0:
         raise ValueError(f"token cache budget must be >= 0 GiB, got {token_cache_gb}")
-    overrides = dict(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, base_lr=base_lr)
+    overrides = dict(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, base_lr=base_lr,
+                     warmup_epochs=warmup_epochs)
     if lr is not None:
         overrides.update(base_lr=lr, lr_scaling="none")
     recipe = resolve_recipe(preset, "attentive", **overrides)
@@ -158,7 +160,7 @@ def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset:
                 "num_heads_source": heads_source, "tokens": tokens, "num_tokens": num_tokens - drop,
                 "precision": precision_name(run_device)}
     fingerprint = {"probe": "attentive_probe", "encoder": info, "data": task.identity, "block": block,
-                   "protocol": protocol, "seed": seed}
+                   "protocol": protocol, "seed": seed, "token_source": "stream" if use_stream else "cache"}
     result = train_probe(probe_head, train_source, eval_source, recipe, num_classes=task.num_classes, seed=seed,
                          device=run_device, fingerprint=fingerprint, stop_after_epochs=stop_after_epochs,
                          progress=progress)
@@ -209,10 +211,10 @@ def main(argv=None) -> dict:
     return run(args.model, args.dataset, args.data_root, head=args.head, preset=args.preset, block=args.block,
                tokens=args.tokens, bn_eval=args.bn_eval, num_heads=args.num_heads, epochs=args.epochs,
                batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr, base_lr=args.base_lr,
-               seed=args.seed, device=args.device, results=args.results, crop=args.crop, keypoints=args.keypoints,
+               warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, results=args.results, crop=args.crop, keypoints=args.keypoints,
                normalize=args.normalize, coco_dist_scope=args.coco_dist_scope, token_cache_gb=args.token_cache_gb,
                stream=args.stream, extract_batch_size=args.extract_batch_size, num_workers=args.num_workers,
-               format=args.format, arch=parse_arch(args.arch), data_source=args.data_source,
+               format=args.format, arch=parse_arch(args.arch, args.arch_kwargs), data_source=args.data_source,
                stop_after_epochs=args.stop_after_epochs, progress=not args.quiet)
 
 

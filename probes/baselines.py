@@ -11,8 +11,8 @@ region and the CLS token describes the whole image with the same function, so ``
 
 - ``colorstats``: a centre-weighted spatial pyramid of mean colours: the mean of each channel over the
   cells of a 1 x 1, 2 x 2 and 4 x 4 grid of the region, plus the mean over the region's central square
-  (half its side) with weight 8 -- about twice the norm of the 21 grid cells together -- because a
-  keypoint crop is centred on its part (3 x 22 = 66 values).
+  (a third of its side) with weight 8 -- about twice the norm of the 21 grid cells together -- because
+  a keypoint crop is centred on its part (3 x 22 = 66 values).
 - ``pixels``: the region downsampled to 4 x 4 pixels by area averaging (48 values).
 
 Both undo the input normalisation with their own mean/std (ImageNet's, which is also what
@@ -34,8 +34,8 @@ PATCH = 16
 # (and with it every feature cache key and result record of that baseline).
 DEFINITIONS = {
     "colorstats": "colorstats v2: pixels un-normalised (ImageNet mean/std) minus 0.5; per-region mean colour "
-                  "over 1x1, 2x2, 4x4 grids (adaptive average pooling) plus the central square of half the side "
-                  "x 8; CLS = whole image, tokens = 16x16 patches; 66-d; no weights",
+                  "over 1x1, 2x2, 4x4 grids (adaptive average pooling) plus the central square of a third of the "
+                  "side (margins round(side/3) each) x 8; CLS = whole image, tokens = 16x16 patches; 66-d; no weights",
     "pixels": "pixels v2: pixels un-normalised (ImageNet mean/std) minus 0.5; region area-downsampled to 4x4 "
               "(adaptive average pooling), flattened channel-major; CLS = whole image, tokens = 16x16 patches; "
               "48-d; no weights",
@@ -48,7 +48,8 @@ PIXEL_GRID = 4
 def _pyramid(regions: torch.Tensor) -> torch.Tensor:
     """[M, 3, h, w] -> [M, 3 * 22]: mean colours of the 1x1, 2x2, 4x4 grid cells and the weighted centre."""
     height, width = regions.shape[-2:]
-    centre = regions[..., height // 4: height - height // 4, width // 4: width - width // 4]
+    top, left = round(height / 3), round(width / 3)
+    centre = regions[..., top: height - top, left: width - left]
     cells = [F.adaptive_avg_pool2d(regions, level).flatten(1) for level in PYRAMID_LEVELS]
     return torch.cat(cells + [CENTRE_WEIGHT * centre.mean(dim=(-2, -1))], dim=1)
 

@@ -26,7 +26,7 @@ from probes.zoo.checkpoint import load_checkpoint
 from probes.zoo.convert import detect_format
 from probes.zoo.download import fetch, file_hashes, is_offline
 from probes.zoo.errors import CheckpointError, OfflineError, RegistryError, ZooError
-from probes.zoo.registry import BASELINE_FORMAT, Arch, Entry, Transform, get_entry, local_entry, parse_arch
+from probes.zoo.registry import BASELINE_FORMAT, Arch, Transform, get_entry, local_entry, parse_arch
 
 FEATURES = ("cls", "patch_mean", "tokens", "patch_map", "block", "projection", "projection_patch")
 
@@ -233,7 +233,10 @@ def timm_transform(model_name: str) -> Transform:
     """Eval transform from timm's pretrained cfg of a tagged model (``vit_small_patch16_224.dino``)."""
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(model_name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    except RuntimeError:  # a known architecture with an unknown tag
+        cfg = None
     if cfg is None:
         raise RegistryError(f"timm:{model_name}: timm has no pretrained weights under that name "
                             f"(see timm.list_models(pretrained=True))")
@@ -244,6 +247,7 @@ def timm_transform(model_name: str) -> Transform:
 
 def _load_timm(model_name: str, device, offline: bool | None) -> Encoder:
     import timm
+    from timm.models.resnet import ResNet
 
     transform = timm_transform(model_name)
     cfg = timm.models.get_pretrained_cfg(model_name)
@@ -257,7 +261,7 @@ def _load_timm(model_name: str, device, offline: bool | None) -> Encoder:
     except Exception as err:  # network and hub errors come in many types
         raise OfflineError(f"timm:{model_name}: could not get timm's pretrained weights "
                            f"({cfg.hf_hub_id or cfg.url}): {err}") from None
-    if not isinstance(model, VIT_CLASSES) and type(model).__name__ != "ResNet":
+    if not isinstance(model, VIT_CLASSES + (ResNet,)):
         raise RegistryError(f"timm:{model_name}: {type(model).__name__} is not supported (ViT, BEiT or ResNet expected)")
     cached = cached or _hf_cached_file(cfg)
     sha256 = file_hashes(cached)[0] if cached else "unknown"

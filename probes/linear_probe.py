@@ -232,12 +232,13 @@ def fmt(value: float) -> str:
 # ------------------------------------------------------------------------------------------------ run
 def run(model: str, dataset: str, data_root, *, head: str = "linear", preset: str = "partaware",
         feature: str = "cls", block: int | None = None, epochs: int | None = None, batch_size: int | None = None,
-        eval_batch_size: int | None = None, lr: float | None = None, base_lr: float | None = None, seed: int = 0,
+        eval_batch_size: int | None = None, lr: float | None = None, base_lr: float | None = None,
+        warmup_epochs: float | None = None, seed: int = 0,
         device: str | None = None, results: str | os.PathLike | None = None, crop: str = "official-code",
         keypoints: str = "paper", normalize: str | None = None, coco_dist_scope: str = "code_exact",
         knn: bool = True, knn_k: int = 20, knn_ks=KNN_KS, knn_temperature: float = 0.07,
         extract_batch_size: int = 64, num_workers: int = 0, format: str | None = None, arch=None,
-        encoder=None, data_source: str | None = None, stop_after_epochs: int | None = None,
+        encoder=None, data_source: str | None = "official", stop_after_epochs: int | None = None,
         progress: bool = True) -> dict[str, Any]:
     """Linear probe (+ kNN) of ``model`` on ``dataset``; writes the records and returns
     ``{"linear": {...}, "knn": {...}, "history": [...], "records": [paths]}`` (metrics in percent).
@@ -255,7 +256,8 @@ def run(model: str, dataset: str, data_root, *, head: str = "linear", preset: st
         raise ValueError("give --lr (absolute) or --base-lr (scaled by batch/256), not both")
     if knn and knn_k not in knn_ks:
         raise ValueError(f"the reported kNN k={knn_k} must be one of the evaluated ks {list(knn_ks)}")
-    overrides = dict(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, base_lr=base_lr)
+    overrides = dict(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, base_lr=base_lr,
+                     warmup_epochs=warmup_epochs)
     if lr is not None:
         overrides.update(base_lr=lr, lr_scaling="none")
     recipe = resolve_recipe(preset, "linear", **overrides)
@@ -336,6 +338,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default=None, help="checkpoint format of a user's file (e.g. dino_full)")
     parser.add_argument("--arch", default=None,
                         help="timm model name, or JSON {\"model\": name, \"kwargs\": {...}} for a user's file")
+    parser.add_argument("--arch-kwargs", default=None, help="JSON kwargs for the architecture, e.g. '{\"img_size\": 448}'")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data-root", required=True, help="dataset folder")
     parser.add_argument("--block", type=int, default=None, help="use block k's output (0-based) instead of the final one")
@@ -346,6 +349,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     lr = parser.add_mutually_exclusive_group()
     lr.add_argument("--lr", type=float, default=None, help="absolute learning rate (no batch scaling)")
     lr.add_argument("--base-lr", type=float, default=None, help="base learning rate (x batch/256 if the preset scales)")
+    parser.add_argument("--warmup-epochs", type=float, default=None, help="override the preset's warmup epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     parser.add_argument("--results", default=None, help="results folder (default: $PARTPROBE_HOME/results)")
@@ -356,17 +360,27 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coco-dist-scope", default="code_exact", choices=("code_exact", "image", "person"))
     parser.add_argument("--extract-batch-size", type=int, default=64, help="batch of the feature extraction")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    parser.add_argument("--data-source", default=None, choices=("official", "synthetic"),
-                        help="recorded; generated data never compares with the paper's numbers")
+    parser.add_argument("--data-source", default="official", choices=("official", "synthetic"),
+                        help="recorded; mark generated data (never compared with the paper's numbers)")
     parser.add_argument("--stop-after-epochs", type=int, default=None,
                         help="end this call after N more epochs (training state is kept; rerun to resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def parse_arch(value: str | None):
-    if value is None or not value.strip().startswith("{"):
-        return value
-    return json.loads(value)
+def parse_arch(value: str | None, kwargs: str | None = None):
+    """``--arch`` (a timm name or a JSON object) with ``--arch-kwargs`` (JSON) laid over it."""
+    try:
+        arch = json.loads(value) if value is not None and value.strip().startswith("{") else value
+        extra = json.loads(kwargs) if kwargs else None
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--arch / --arch-kwargs is not valid JSON: {err}") from None
+    if extra is None:
+        return arch
+    if not isinstance(extra, dict):
+        raise SystemExit(f"--arch-kwargs must be a JSON object, got {kwargs!r}")
+    if isinstance(arch, dict):
+        return {**arch, "kwargs": {**arch.get("kwargs", {}), **extra}}
+    return {"model": arch, "kwargs": extra} if arch else {"kwargs": extra}
 
 
 def main(argv=None) -> dict:
@@ -382,11 +396,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     return run(args.model, args.dataset, args.data_root, head=args.head, preset=args.preset, feature=args.feature,
                block=args.block, epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-               lr=args.lr, base_lr=args.base_lr, seed=args.seed, device=args.device, results=args.results,
-               crop=args.crop, keypoints=args.keypoints, normalize=args.normalize,
+               lr=args.lr, base_lr=args.base_lr, warmup_epochs=args.warmup_epochs, seed=args.seed,
+               device=args.device, results=args.results, crop=args.crop, keypoints=args.keypoints, normalize=args.normalize,
                coco_dist_scope=args.coco_dist_scope, knn=not args.no_knn, knn_k=args.knn_k,
                knn_temperature=args.knn_temperature, extract_batch_size=args.extract_batch_size,
-               num_workers=args.num_workers, format=args.format, arch=parse_arch(args.arch),
+               num_workers=args.num_workers, format=args.format, arch=parse_arch(args.arch, args.arch_kwargs),
                data_source=args.data_source, stop_after_epochs=args.stop_after_epochs, progress=not args.quiet)
 
 

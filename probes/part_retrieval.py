@@ -83,7 +83,7 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
         dist_filter=None, split=None, format=None, arch=None, encoder=None, batch_size: int = 64,
         num_workers: int = 0, device=None, results=None, write: bool = True, grid=None, grid_queries: int = 6,
         grid_k: int = 8, boxes=None, crop_shift: float = 0.0, crop_shift_seed: int = 0, cache: bool = True,
-        data_source: str = "official", progress: bool = True, seed: int = 0, ks=KS) -> list:
+        data_source: str = "official", progress: bool = True, seed: int = 0, ks=KS, input_size=None) -> list:
     """Run part retrieval and return the result records (written to ``results`` unless write=False)."""
     started = time.time()
     if data_root is None:
@@ -94,7 +94,7 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
 
     # 1. The encoder, and the input transform of the crops: its input size, the chosen normalisation.
     encoder = encoder or load_model(model, format=format, arch=arch, device=device)
-    input_size = int(encoder.crop_size)
+    input_size = int(input_size or encoder.crop_size)       # 224 for real models; a tiny test ViT says 64
     mean, std = parts.normalization(options["normalize"], encoder)
     transform = parts.CropTransform(input_size, mean, std)
     features = list(features or default_features(encoder, options["crop"], block))
@@ -239,7 +239,7 @@ def parse_arch(arch: str | None, arch_kwargs: str | None):
     return {"model": arch, "kwargs": kwargs} if arch else {"kwargs": kwargs}
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dino", help="Encoder: registry name or alias, timm:<name>, or a checkpoint file.")
@@ -261,6 +261,7 @@ def main(argv=None) -> None:
     parser.add_argument("--coco-dist-scope", choices=parts.COCO_DIST_SCOPES, default=None, help="COCO distance pool: the official code's (ann id as 3rd coordinate), the whole image, or each person.")
     parser.add_argument("--dist-filter", choices=parts.DIST_FILTERS, default=None, help="Keep only 40 < d < 2000 px (official) or every keypoint with a neighbour (none).")
     parser.add_argument("--split", default=None, help="CUB train/test or COCO split; default: the whole retrieval database.")
+    parser.add_argument("--input-size", type=int, default=None, help="Side the crops are resized to (default: the encoder's input size, 224 for real models).")
     parser.add_argument("--batch-size", type=int, default=64, help="Images per encoder forward pass.")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding and cropping.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
@@ -274,14 +275,18 @@ def main(argv=None) -> None:
     parser.add_argument("--crop-shift-seed", type=int, default=0, help="Seed of the crop-shift directions.")
     parser.add_argument("--data-source", choices=("official", "synthetic"), default="official", help="Mark records of generated data (never compared with the paper).")
     parser.add_argument("--seed", type=int, default=0, help="Seed recorded with the run (and used to pick the grid's queries).")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     run(args.model, args.dataset, args.data_root, preset=args.preset, crop=args.crop, features=args.feature,
         block=args.block, self_match=args.self_match, keypoints=args.keypoints, normalize=args.normalize,
         coco_dist_scope=args.coco_dist_scope, dist_filter=args.dist_filter, split=args.split, format=args.format,
         arch=parse_arch(args.arch, args.arch_kwargs), batch_size=args.batch_size, num_workers=args.num_workers,
         device=args.device, results=args.results, grid=args.grid, grid_queries=args.grid_queries, grid_k=args.grid_k,
         boxes=args.boxes, crop_shift=args.crop_shift, crop_shift_seed=args.crop_shift_seed, cache=not args.no_cache,
-        data_source=args.data_source, seed=args.seed)
+        data_source=args.data_source, seed=args.seed, input_size=args.input_size)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ provenance string, which ``make_record`` copies into the record's ``published_so
 * Table 3 classification "Linear" / "Attentive" -> ``<cub|coco>_linear_probe`` (feature ``cls``, head
   ``linear``) / ``<cub|coco>_attentive_probe`` (variant ``partaware``), on the same crops, metric
   ``top1_best`` (best epoch, which the official script prints), or ``top1`` when the run records
-  ``model_selection: best``.
+  ``model_selection: best``; the official recipe where recorded (SGD, wd 0, 90 epochs, batch 1024, base
+  lr 0.1 linear / 0.01 attentive): a shortened schedule is another measurement.
 * Table 1 -> ``imagenet_linear_probe`` (CLS, head ``linear-bn``, the CAE protocol) and
   ``imagenet_attentive_probe`` (variant ``cae``), metric as for Table 3.
 * Tables 2 and 4 -> ``<dataset>_linear_segmentation`` for datasets ``ade20k`` (150 classes),
@@ -112,6 +113,11 @@ OPTION_KEYS = {
     "seg_layers": ("seg_layers",),
     "seg_upsample": ("seg_upsample",),
     "data_source": ("data_source",),
+    "epochs": ("epochs",),
+    "batch_size": ("batch_size",),
+    "base_lr": ("base_lr",),
+    "optimizer": ("optimizer",),
+    "weight_decay": ("weight_decay",),
 }
 
 
@@ -142,6 +148,17 @@ _PARTAWARE_ATTENTIVE = Requirement("attentive_variant", ("partaware",), True, _O
                                    "Table 3 attentive probe: the official code's head (§4.3, §6.3)")
 _CAE_ATTENTIVE = Requirement("attentive_variant", ("cae",), True, (),
                              "Table 1 attentive probe: the CAE protocol (§3.1)")
+# Table 3 classification: the official patch_lincls.py recipe (protocols.md §4.3). A shortened or otherwise
+# changed schedule measures something else.
+_PARTAWARE_RECIPE = (
+    Requirement("epochs", (90,), False, (), "90 epochs (§4.3)"),
+    Requirement("batch_size", (1024,), False, (), "batch 1024 (§4.3)"),
+    Requirement("optimizer", ("sgd",), False, (), "SGD, momentum 0.9 (§4.3)"),
+    Requirement("weight_decay", (0, 0.0), False, (), "no weight decay (§4.3)"),
+)
+_LINEAR_BASE_LR = Requirement("base_lr", (0.1,), False, (), "base lr 0.1 x batch/256 for the linear head (§4.3)")
+_ATTENTIVE_BASE_LR = Requirement("base_lr", (0.01,), False, (), "base lr 0.01 x batch/256 for the attentive head")
+_CAE_EPOCHS = Requirement("epochs", (90,), False, (), "90 epochs, the CAE protocol (§3.1)")
 _SEG_LAYERS = Requirement("seg_layers", ([3, 5, 7, 11],), False, (), "official head on blocks [3,5,7,11] (§5.2)")
 _SEG_UPSAMPLE = Requirement("seg_upsample", ("none",), False, (),
                             "the official code has no 4x upsampling before the 1x1 conv (§5.2)")
@@ -196,19 +213,21 @@ def _build_table() -> tuple[PublishedValue, ...]:
             elif kind == "Linear":
                 values.append(PublishedValue(
                     model, "Table 3", column, f"{dataset}_linear_probe", ("top1_best",), ("cls",), value,
-                    (_CROP, _KEYPOINTS, _NORMALIZE, _DATA, _LINEAR_HEAD) + ((_MAE_SHUFFLE,) if model == "mae" else ()),
+                    (_CROP, _KEYPOINTS, _NORMALIZE, _DATA, _LINEAR_HEAD, _LINEAR_BASE_LR) + _PARTAWARE_RECIPE
+                    + ((_MAE_SHUFFLE,) if model == "mae" else ()),
                     assumptions=(_BEST_EPOCH, "head: Linear on CLS, no BatchNorm; official-code crops")))
             else:  # Attentive
                 values.append(PublishedValue(
                     model, "Table 3", column, f"{dataset}_attentive_probe", ("top1_best",), ("tokens",), value,
-                    (_CROP, _KEYPOINTS, _NORMALIZE, _DATA, _PARTAWARE_ATTENTIVE)
-                    + ((_MAE_SHUFFLE,) if model == "mae" else ()),
+                    (_CROP, _KEYPOINTS, _NORMALIZE, _DATA, _PARTAWARE_ATTENTIVE, _ATTENTIVE_BASE_LR)
+                    + _PARTAWARE_RECIPE + ((_MAE_SHUFFLE,) if model == "mae" else ()),
                     assumptions=(_BEST_EPOCH, "attentive variant partaware; official-code crops")))
     for model, (linear, attentive) in TABLE1_IMAGENET.items():
         values.append(PublishedValue(model, "Table 1", "Linear", "imagenet_linear_probe", ("top1_best",), ("cls",),
-                                     linear, (_LINEAR_BN_HEAD, _DATA), assumptions=(_BEST_EPOCH, "CAE protocol")))
+                                     linear, (_LINEAR_BN_HEAD, _CAE_EPOCHS, _DATA),
+                                     assumptions=(_BEST_EPOCH, "CAE protocol")))
         values.append(PublishedValue(model, "Table 1", "Attentive", "imagenet_attentive_probe", ("top1_best",),
-                                     ("tokens",), attentive, (_CAE_ATTENTIVE, _DATA),
+                                     ("tokens",), attentive, (_CAE_ATTENTIVE, _CAE_EPOCHS, _DATA),
                                      assumptions=(_BEST_EPOCH, "CAE protocol")))
     seg_reqs = (_SEG_LAYERS, _SEG_UPSAMPLE, _DATA)
     seg_note = "official segmentation head (blocks [3,5,7,11], no 4x upsampling); checkpoint choice not published"

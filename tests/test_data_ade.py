@@ -5,7 +5,6 @@ under test. Each large sample PNG is decoded once per module (fixtures below).
 """
 from __future__ import annotations
 
-import io
 import json
 import pickle
 from pathlib import Path
@@ -134,10 +133,13 @@ def test_json_objects_levels_ids_and_mixed_field_shapes(decoded):
 
 # README table of ADE_train_00016869: id -> (name_ndx, level, has 128)
 INSTANCES_16869 = {0: (2836, 0, True), 4: (401, 0, True), 6: (64, 0, False), 54: (3035, 1, False),
-                   55: (2122, 2, False), 60: (1564, 2, False)}
+                   55: (2122, 2, False), 68: (2836, 0, True)}
 
 
-def test_instance_masks_are_amodal_and_match_their_level_region(decoded):
+def test_instance_masks_are_amodal_and_point_at_their_level_region(decoded):
+    """The 255 pixels of an instance PNG are its region in _seg/_parts_L, except that an object's _seg region
+    also takes in its own parts where they stick out of it (the PNG marks those 128): true of the car (id 4)
+    and the traffic light (id 68) whose housing sticks out. spec §5.3 says "coincides exactly"."""
     image, annotation, levels, _ = decoded["ADE_train_00016869"]
     objects = annotation.by_id()
     for obj_id, (name_ndx, level, has_occluded) in INSTANCES_16869.items():
@@ -149,8 +151,13 @@ def test_instance_masks_are_amodal_and_match_their_level_region(decoded):
         visible = mask == 255
         instance = np.unique(levels.instances[level][visible])
         assert len(instance) == 1 and instance[0] > 0
-        same = (levels.instances[level] == instance[0]) & (levels.classes[level] == name_ndx)
-        assert np.array_equal(same, visible), obj_id
+        region = (levels.instances[level] == instance[0]) & (levels.classes[level] == name_ndx)
+        parts_sticking_out = np.zeros_like(visible)
+        for part_id in obj.hasparts:
+            parts_sticking_out |= read_instance_mask(image.instance_path(objects[part_id])) == 255
+        parts_sticking_out &= mask == 128
+        assert np.array_equal(region, visible | parts_sticking_out), obj_id
+        assert parts_sticking_out.sum() == {4: 153, 68: 174}.get(obj_id, 0)
 
 
 def test_every_instance_png_of_one_image_is_mode_l_with_three_values(decoded):
@@ -256,7 +263,7 @@ def _save_rgb(path: Path, rgb) -> Path:
 def test_r_channel_not_a_multiple_of_ten_is_rejected(tmp_path):
     rgb = np.zeros((4, 5, 3), np.uint8)
     rgb[2, 3] = (15, 1, 255)
-    with pytest.raises(DatasetFormatError, match=r"bad_seg\.png.*R = 15.*R channel.*multiple of 10"):
+    with pytest.raises(DatasetFormatError, match=r"bad_seg\.png, field 'R channel': .*R = 15 .*multiple of 10"):
         decode_class_instance(_save_rgb(tmp_path / "bad_seg.png", rgb))
 
 
@@ -330,3 +337,19 @@ def test_check_reports_counts_and_problems(tmp_path, capsys):
     next(root.rglob("instance_004_ADE_train_00000101.png")).unlink()
     report = ade20k.check(root, "ade20k-full")
     assert not report["ok"] and "instance_004_ADE_train_00000101.png: file not found" in report["problems"][0]
+
+
+def test_prepare_unpacks_the_sceneparsing_zip_and_check_counts(tmp_path, capsys):
+    import shutil
+
+    from probes.data.__main__ import main as data_cli
+
+    made = synth_ade20k(tmp_path / "made", seed=2, train_images=2, val_images=1)
+    archive = shutil.make_archive(str(tmp_path / "data" / "ADEChallengeData2016"), "zip", made.parent, made.name)
+    assert data_cli(["prepare", "ade20k", "--root", str(tmp_path / "data")]) == 0
+    assert (tmp_path / "data/ADEChallengeData2016/annotations/validation/ADE_val_00000001.png").is_file()
+    assert Path(archive).name == "ADEChallengeData2016.zip"
+    capsys.readouterr()
+    assert data_cli(["check", "ade20k", "--root", str(tmp_path / "data")]) == 0
+    printed = capsys.readouterr().out
+    assert "training images: 2" in printed and "validation images: 1" in printed and "0 other: " in printed

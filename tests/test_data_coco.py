@@ -6,7 +6,6 @@ Independent references: pycocotools (loading, RLE decoding, loadRes) and spec/da
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import re
@@ -99,6 +98,7 @@ def test_keypoint_annotations_follow_the_format_rules(coco_root, split):
     assert {v for a in data["annotations"] for v in a["keypoints"][2::3]} == {0, 1, 2}
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")   # pycocotools vs numpy 2
 @pytest.mark.parametrize("split", SPLITS)
 def test_crowd_rle_decodes_to_its_area_and_box(coco_root, split):
     data = raw(coco_root, "instances", split)

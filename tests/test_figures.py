@@ -63,17 +63,22 @@ def test_object_vs_part_without_object_records_says_so(tmp_path):
 
 
 def test_per_block_curves_and_skip_message(tmp_path):
-    write(tmp_path, "dino", "part_retrieval", "cub", {"AP": 60.0})
+    protocol = {"include_self": True, "feature_source": "final norm"}
+    write(tmp_path, "dino", "part_retrieval", "cub", {"AP": 60.0}, protocol=protocol)
+    write(tmp_path, "dino", "part_retrieval", "cub", {"AP": 70.0}, protocol={**protocol, "include_self": False})
     for block in range(4):
         for model in ("dino", "mae"):
-            write(tmp_path, model, "part_retrieval", "cub", {"AP": 10.0 * block, "mAP": 1.0}, block=block)
+            write(tmp_path, model, "part_retrieval", "cub", {"AP": 10.0 * block, "mAP": 1.0}, block=block,
+                  protocol={**protocol, "feature_source": f"block {block} output"})
     result = figures.per_block(tmp_path, tmp_path / "blocks.png")
     assert_real_png(result.path)
     assert result.message == "1 panel(s), 8 per-block values"  # AP shown, mAP left to the CSV
-    # the dotted final-output line uses the same model, feature and protocol at block None
+    # the dotted final-output line: same model, feature and protocol (but the block's own description)
     cells = figures.build_cells(figures.current_records(tmp_path))
-    block_cell = next(c for c in cells if c.row.model == "dino" and c.column.block == 0 and c.column.metric.endswith("AP"))
-    assert figures._final_value(cells, block_cell, block_cell.column.metric) == 60.0
+    series = [c for c in cells if c.row.model == "dino" and c.column.block is not None and c.column.metric.endswith("/AP")]
+    assert len(series) == 4 and figures._final_value(cells, series, series[0].column.metric) == 60.0
+    mae = [c for c in cells if c.row.model == "mae" and c.column.block is not None and c.column.metric.endswith("/AP")]
+    assert figures._final_value(cells, mae, mae[0].column.metric) is None
 
     empty = tmp_path / "no_blocks"
     write(empty, "dino", "part_retrieval", "cub", {"AP": 60.0})

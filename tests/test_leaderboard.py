@@ -35,11 +35,11 @@ def results(tmp_path):
                 write(a, model, feature=feature, protocol={"include_self": include_self, "crop": "official-code"},
                       metrics={"AP": 30.0 + i + include_self + (feature == "cls") / 4, "mAP": 20.0 + i})
         write(b, model, probe="object_retrieval", dataset="coco", feature="cls", protocol={"k": 20},
-              metrics={"AP": 60.0 + i, "P@10": 70.5 + i})
+              metrics={"AP": 60.0 + i, "P@10": 70.5 + i, "AP[traffic light]": 50.0 + i})
     for block in range(3):
         write(b, "dino", block=block, metrics={"AP": 10.0 + block})
     rerun = write(b, "colorstats", probe="object_retrieval", dataset="coco", feature="cls", protocol={"k": 20},
-                  metrics={"AP": 99.0, "P@10": 98.0})
+                  metrics={"AP": 99.0, "P@10": 98.0, "AP[traffic light]": 97.0})
     return [a, b], rerun
 
 

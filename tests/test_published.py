@@ -127,6 +127,15 @@ def test_classification_metric_mapping_and_protocols():
     assert values("cub_linear_probe", "dino", "cls", {**linear, "head": "linear-bn"}) == {}
     assert values("cub_attentive_probe", "dino", "tokens", {"crop": "official-code", "attentive_variant": "cae"}) == {}
     assert values("imagenet_linear_probe", "dino", "cls", {"head": "linear"}) == {}  # Table 1 is the CAE protocol
+    # the official recipe as the probes record it; a shortened or changed schedule is another measurement
+    recipe = {**linear, "preset": "partaware", "optimizer": "sgd", "base_lr": 0.1, "epochs": 90, "batch_size": 1024,
+              "weight_decay": 0.0}
+    assert values("coco_linear_probe", "cae", "cls", recipe) == {"top1_best": 91.1}
+    for change in ({"epochs": 5}, {"batch_size": 256}, {"base_lr": 0.01}, {"optimizer": "lars"}):
+        assert values("coco_linear_probe", "cae", "cls", {**recipe, **change}) == {}, change
+    attentive = {**recipe, "attentive_variant": "partaware", "base_lr": 0.01}
+    assert values("coco_attentive_probe", "cae", "tokens", attentive) == {"top1_best": 95.5}
+    assert values("coco_attentive_probe", "cae", "tokens", {**attentive, "base_lr": 0.1}) == {}
 
 
 def test_reference_values_list_every_paper_model():

@@ -150,3 +150,10 @@ def test_golden_with_a_missing_tensor_is_refused_naming_the_key(shared, tmp_path
     assert "missing: blocks.2.mlp.fc1.bias" in message
     assert "unexpected: extra.weight" in message
     assert "blocks.0.attn.qkv.weight: file (191, 64) vs model (192, 64)" in message
+
+
+def test_mocov3_file_of_unknown_size_without_num_heads_is_refused(shared):
+    folder, _, arch, _, _ = golden(shared, "mocov3_vit")
+    no_heads = {"model": arch["model"], "kwargs": {k: v for k, v in arch["kwargs"].items() if k != "num_heads"}}
+    with pytest.raises(CheckpointError, match="no known head count"):
+        load_encoder(folder / "checkpoint.pth", format="mocov3", arch=no_heads, device="cpu")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from probes.zoo.build import heads_of, load_model
+from probes.zoo.convert import detect_format
 from probes.zoo.errors import CheckpointError
 from probes.zoo.manifest import fake_checkpoint, fake_state_dict, read_manifest
 from probes.zoo.registry import Arch, load_registry
@@ -84,11 +85,13 @@ def test_protocol_aliases_name_the_papers_checkpoints():
 def test_entry_full_size_layout_loads_strictly(shared, name):
     entry = REGISTRY.get(name)
     m = manifest(shared, name)
-    loaded = load_model(fake_checkpoint(m), entry.format, entry.arch, where=name, device="meta")
+    obj = fake_checkpoint(m)
+    assert detect_format(obj) == entry.format  # section 7 heuristics recognise the real layout
+    loaded = load_model(obj, entry.format, entry.arch, where=name, device="meta")
     assert loaded.arch.model == entry.arch.model
-    if heads_of(loaded.model) is not None:
-        assert heads_of(loaded.model) == entry.arch.kwargs["num_heads"] == (12 if loaded.model.embed_dim in (384, 768) and
-                                                                           entry.format in ("mocov3", "cae") else loaded.model.embed_dim // 64)
+    if heads_of(loaded.model) is not None:  # head_dim 64, except MoCo v3 / CAE ViT-S (12 heads of 32)
+        twelve = entry.format in ("mocov3", "cae") and loaded.model.embed_dim == 384
+        assert heads_of(loaded.model) == entry.arch.kwargs["num_heads"] == (12 if twelve else loaded.model.embed_dim // 64)
     # the registry says which head the file carries; the layout must provide exactly that
     projection = entry.projection or {}
     if projection and not projection.get("optional"):
@@ -114,10 +117,12 @@ def test_entry_full_size_layout_loads_strictly(shared, name):
         else:
             assert entry.gdrive_folder in m["url"]
     if "checksum" in m:
-        assert (entry.sha256_prefix, entry.md5_prefix) == (m["checksum"].get("sha256_prefix"), m["checksum"].get("md5_prefix"))
+        published = (m["checksum"].get("sha256_prefix"), m["checksum"].get("md5_prefix"))
+        assert (entry.sha256_prefix, entry.md5_prefix) == published
 
 
-@pytest.mark.parametrize("name", ["ibot_vit_small16", "ibot_vit_base16", "ibot_vit_base16_randmask", "ibot_vit_base16_pt22k"])
+@pytest.mark.parametrize("name", ["ibot_vit_small16", "ibot_vit_base16", "ibot_vit_base16_randmask",
+                                  "ibot_vit_base16_pt22k"])
 def test_ibot_backbone_files_extracted_with_their_head(shared, name):
     """extract_backbone_weights.py --with_head true adds the head: the projection appears (8192-d)."""
     entry = REGISTRY.get(name)

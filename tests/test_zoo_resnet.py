@@ -91,7 +91,8 @@ def check_mocov3_projector(obj, loaded, pooled):
     p = "module.base_encoder.fc."
     with torch.no_grad():
         h = pooled @ sd[p + "0.weight"].T
-        h = (h - sd[p + "1.running_mean"]) / torch.sqrt(sd[p + "1.running_var"] + 1e-5) * sd[p + "1.weight"] + sd[p + "1.bias"]
+        h = (h - sd[p + "1.running_mean"]) / torch.sqrt(sd[p + "1.running_var"] + 1e-5)
+        h = h * sd[p + "1.weight"] + sd[p + "1.bias"]
         h = torch.relu(h) @ sd[p + "3.weight"].T
         h = (h - sd[p + "4.running_mean"]) / torch.sqrt(sd[p + "4.running_var"] + 1e-5)  # affine=False
         assert (loaded.projection(pooled) - h).abs().max().item() <= TOL

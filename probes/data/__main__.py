@@ -17,7 +17,7 @@ import sys
 from probes.data import DATASETS, dataset_module
 from probes.data.errors import DatasetFormatError
 from probes.data.report import format_report, report_json
-from probes.data.synth import GENERATORS, synth
+from probes.data.synth import GENERATORS, resolve_name, synth
 
 
 def _size(text: str) -> tuple[str, int]:
@@ -25,6 +25,11 @@ def _size(text: str) -> tuple[str, int]:
     if not sep or not key or not value.lstrip("-").isdigit():
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=INTEGER, e.g. images=40")
     return key, int(value)
+
+
+def _dataset_name(text: str) -> str:
+    """Names use hyphens (``ade20k-part-234``); spellings with underscores or without hyphens match too."""
+    return resolve_name(text, set(DATASETS) | set(GENERATORS))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,14 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                           ("prepare", "unpack / convert downloaded archives into the layout the reader takes"),
                           ("check", "read a dataset and report counts, class histogram and problems")):
         sub = commands.add_parser(command, help=text)
-        sub.add_argument("name", choices=sorted(DATASETS))
+        sub.add_argument("name", type=_dataset_name, choices=sorted(DATASETS))
         sub.add_argument("--root", required=True, help="dataset folder")
         if command == "prepare":
             sub.add_argument("--source", help="where the archives or the source dataset are (default: --root)")
         if command == "check":
             sub.add_argument("--json", action="store_true", help="print the report as JSON")
     sub = commands.add_parser("synth", help="write a small dataset in the exact official layout")
-    sub.add_argument("name", choices=sorted(GENERATORS))
+    sub.add_argument("name", type=_dataset_name, choices=sorted(GENERATORS))
     sub.add_argument("--out", required=True, help="folder to write into")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--size", type=_size, action="append", default=[], metavar="KEY=N",

@@ -20,6 +20,7 @@ side is at most 512).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -44,8 +45,11 @@ INSTANCE_VALUES = (0, 128, 255)   # outside, occluded (amodal) extent, visible
 _RESOURCES = Path(__file__).with_name("resources")
 
 
+@functools.lru_cache(maxsize=1)
 def class_lists() -> dict:
-    """The machine-readable class lists of `spec/class_lists.json` (a verbatim copy ships with the package)."""
+    """The machine-readable class lists of `spec/class_lists.json` (a verbatim copy ships with the package).
+
+    Shared, read once: callers must not modify the lists."""
     with open(_RESOURCES / "class_lists.json", "r", encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -208,7 +212,7 @@ def decode_class_instance(path: str | os.PathLike, vocabulary: int = NUM_OBJECTN
 def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     """An `instance_NNN_*.png`: uint8 [H, W] with values in {0, 128, 255}."""
     labels = read_label_png(path, ("L",), 256, what="an ADE20K instance mask: mode L, values 0/128/255")
-    bad = (labels != 0) & (labels != 128) & (labels != 255)
+    bad = ~np.isin(labels, INSTANCE_VALUES)
     if bad.any():
         y, x = np.argwhere(bad)[0]
         raise DatasetFormatError(path, f"pixel (x={x}, y={y}) has value {labels[y, x]}", field="pixel value",

@@ -20,11 +20,25 @@ from pathlib import Path
 import numpy as np
 
 from probes.data.ade20k import class_lists
-from probes.data.drawing import class_palette, noise_background, region_colour_fill, save_jpeg
+from probes.data.drawing import BACKGROUND_HIGH, BACKGROUND_LOW, noise_background, region_colour_fill, save_jpeg
 from probes.data.labelmaps import mask_bbox, present_labels, rle_encode, write_png
 from probes.fileio import write_bytes_atomic, write_json_atomic
 
 WIDTH, HEIGHT = 128, 96
+
+
+def distinct_colours(count: int) -> list[tuple[int, int, int]]:
+    """`count` colours 85 levels apart in some channel (channel levels 0, 85, 170, 255), none inside the noise
+    background's range, most saturated first. The planted classes of one dataset take them in a fixed order:
+    with the +-24 region noise and JPEG, nearest-colour assignment stays right (a 234-entry palette could not
+    keep its colours that far apart)."""
+    levels = (0, 85, 170, 255)
+    grid = [(r, g, b) for r in levels for g in levels for b in levels
+            if not all(BACKGROUND_LOW <= c <= BACKGROUND_HIGH for c in (r, g, b))]
+    grid.sort(key=lambda c: (-(max(c) - min(c)), c))
+    if count > len(grid):
+        raise ValueError(f"at most {len(grid)} well-separated colours, asked for {count}")
+    return grid[:count]
 
 
 @dataclass
@@ -70,8 +84,9 @@ def _scenes() -> list[Scene]:
         Thing(15, 3035, "wheel", (92, 76, 106, 92), parent=5, expected="car's wheel"),  # hidden by the person
         Thing(16, 2117, "arm", (84, 44, 90, 66), parent=1, expected="person's arm"),
     ], drawing_order=[3, 0, 5, 1, 7, 8, 11, 2, 4, 16, 9, 10, 13, 15, 12, 14])
-    # The arm and the taillight poke out of their objects and the second wheel is hidden by the person: such
-    # pixels are parts in _parts_1.png but another object in _seg.png, so they must not be labelled.
+    # The arm pokes out of the person and the taillight out of the car: each object's _seg region takes in
+    # its parts (as in the real files), so the arm is labelled; the car has no taillight class. The second
+    # wheel is hidden by the person: a part in _parts_1.png that _seg.png shows as another object.
     living_room = Scene("ADE_train_00000102", "training", "home_or_hotel/living_room", [
         Thing(0, 774, "door", (70, 10, 110, 90), expected="door", attributes="closed"),
         Thing(1, 1748, "panel", (74, 14, 106, 50), parent=0, expected="door's panel"),
@@ -115,7 +130,18 @@ class RenderedScene:
     image: np.ndarray                        # uint8 RGB
 
 
-def _render(scene: Scene, rng: np.random.Generator) -> RenderedScene:
+def _colour_table() -> dict[str, tuple[int, int, int]]:
+    """One colour per planted part or object name of all scenes (parts first), fixed for the dataset."""
+    parts, objects = [], []
+    for scene in _scenes():
+        for thing in scene.things:
+            names = objects if thing.parent is None else parts
+            if thing.expected is not None and thing.expected not in names:
+                names.append(thing.expected)
+    return dict(zip(parts + objects, distinct_colours(len(parts) + len(objects))))
+
+
+def _render(scene: Scene, rng: np.random.Generator, colours: dict[str, tuple[int, int, int]]) -> RenderedScene:
     lists = class_lists()
     part_names, object_names = lists["ade234_part"], lists["ade234_obj"]
     by_id = {thing.id: thing for thing in scene.things}
@@ -133,8 +159,15 @@ def _render(scene: Scene, rng: np.random.Generator) -> RenderedScene:
     instance_maps = [np.zeros((HEIGHT, WIDTH), np.int32) for _ in range(depth)]
     for thing_id in scene.drawing_order:           # each level is its own painting; front objects last
         level = level_of[thing_id]
-        class_maps[level][amodal[thing_id]] = by_id[thing_id].name_ndx
-        instance_maps[level][amodal[thing_id]] = thing_id + 1
+        region = amodal[thing_id].copy()
+        if level == 0:
+            # As in the real _seg.png files, an object's region also takes in its parts where they stick
+            # out of its own outline (its instance PNG marks those pixels 128, not 255).
+            for part in scene.things:
+                if part.parent == thing_id:
+                    region |= amodal[part.id]
+        class_maps[level][region] = by_id[thing_id].name_ndx
+        instance_maps[level][region] = thing_id + 1
 
     part_labels = np.full((HEIGHT, WIDTH), 65535, np.uint16)
     object_labels = np.full((HEIGHT, WIDTH), 255, np.uint8)
@@ -152,19 +185,19 @@ def _render(scene: Scene, rng: np.random.Generator) -> RenderedScene:
             visible = (instance_maps[1] == thing.id + 1) & parent_visible
             part_labels[visible] = part_names.index(thing.expected)
 
-    palette = class_palette(len(part_names) + len(object_names))
     image = noise_background(rng, HEIGHT, WIDTH)
     for index in np.unique(object_labels[object_labels != 255]):
-        region_colour_fill(rng, image, object_labels == index, palette[len(part_names) + int(index)])
+        region_colour_fill(rng, image, object_labels == index, colours[object_names[index]])
     for index in np.unique(part_labels[part_labels != 65535]):
-        region_colour_fill(rng, image, part_labels == index, palette[int(index)])
+        region_colour_fill(rng, image, part_labels == index, colours[part_names[index]])
     return RenderedScene(scene, level_of, class_maps, instance_maps, amodal, part_labels, object_labels,
                          instances, image)
 
 
 def _rendered(seed: int) -> list[RenderedScene]:
     rng = np.random.default_rng(seed)
-    return [_render(scene, rng) for scene in _scenes()]
+    colours = _colour_table()
+    return [_render(scene, rng, colours) for scene in _scenes()]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,8 +254,9 @@ def synth_ade20k_full(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         records = []
         for thing in scene.things:
             level = rendered.levels[thing.id]
-            visible = rendered.instance_maps[level] == thing.id + 1
-            mask = np.where(visible, 255, np.where(rendered.amodal[thing.id], 128, 0)).astype(np.uint8)
+            region = rendered.instance_maps[level] == thing.id + 1
+            visible = region & rendered.amodal[thing.id]
+            mask = np.where(visible, 255, np.where(region | rendered.amodal[thing.id], 128, 0)).astype(np.uint8)
             write_png(folder / scene.stem / f"instance_{thing.id:03d}_{scene.stem}.png", mask)
             records.append(_json_record(thing, rendered, scene.drawing_order.index(thing.id) + 1))
         document = {"annotation": {
@@ -276,19 +310,21 @@ def synth_ade20k(out_dir: str | os.PathLike, seed: int = 0, train_images: int = 
     rng = np.random.default_rng(seed)
     root = Path(out_dir) / "ADEChallengeData2016"
     names = class_lists()["ade150_long"]
-    palette = class_palette(len(names))
+    # A dozen of the 150 classes per dataset, so that each gets a colour nothing else is close to.
+    planted = np.sort(rng.choice(np.arange(1, len(names) + 1), size=12, replace=False))
+    colour_of = dict(zip(planted.tolist(), distinct_colours(len(planted))))
     scene_lines = []
     width, height, cell = 96, 64, 16
     for split, count, prefix in (("training", train_images, "ADE_train"), ("validation", val_images, "ADE_val")):
         for number in range(1, count + 1):
             stem = f"{prefix}_{number:08d}"
-            # A 6x4 grid of 16 px cells, each one class (0 = "other", left as noise) drawn from 0..150.
-            cells = rng.integers(0, len(names) + 1, size=(height // cell, width // cell))
+            # A 6x4 grid of 16 px cells, each one planted class or 0 ("other", left as noise).
+            cells = rng.choice(np.concatenate([[0], planted]), size=(height // cell, width // cell))
             cells[0, 0] = 0                                  # every image has "other" pixels
             labels = np.kron(cells, np.ones((cell, cell), np.int64)).astype(np.uint8)
             image = noise_background(rng, height, width)
             for value in np.unique(labels[labels > 0]):
-                region_colour_fill(rng, image, labels == value, palette[int(value) - 1])
+                region_colour_fill(rng, image, labels == value, colour_of[int(value)])
             save_jpeg(root / "images" / split / f"{stem}.jpg", image)
             write_png(root / "annotations" / split / f"{stem}.png", labels)
             scene_lines.append(f"{stem} {('street', 'bedroom', 'kitchen')[number % 3]}")

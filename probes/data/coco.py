@@ -76,7 +76,7 @@ class CocoImage:
     height: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # holds arrays: compare and hash by identity
 class PersonAnn:
     id: int
     image_id: int
@@ -88,7 +88,7 @@ class PersonAnn:
     category_id: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # holds arrays: compare and hash by identity
 class ObjectAnn:
     id: int
     image_id: int

@@ -36,7 +36,7 @@ ARCHIVE = "CUB_200_2011.tgz"
 MD5 = "97eceeb196236b17998738112f37df78"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # holds arrays: compare and hash by identity
 class CubImage:
     image_id: int
     path: Path                 # absolute path of the JPEG

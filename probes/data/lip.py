@@ -19,7 +19,6 @@ import numpy as np
 
 from probes.data.errors import DatasetFormatError
 from probes.data.labelmaps import read_label_png
-from probes.data.records import require_file
 from probes.data.report import add_problem, new_report
 
 LABELS = ("Background", "Hat", "Hair", "Glove", "Sunglasses", "UpperClothes", "Dress", "Coat", "Socks", "Pants",

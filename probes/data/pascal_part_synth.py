@@ -8,7 +8,7 @@ spec's class lists, not from the converter's grouping tables, so converting the 
 the second checks the converter against an independent statement of each part's class.
 
 Images: pixels of a part get the colour of its 116-class label, other object pixels the object's colour,
-the rest uniform noise in [80, 176].
+the rest uniform noise in [80, 176]; the colours are `distinct_colours`, far enough apart to tell apart.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import numpy as np
 from scipy.io import savemat
 
 from probes.data.ade20k import class_lists
-from probes.data.drawing import class_palette, noise_background, region_colour_fill, save_jpeg
+from probes.data.ade20k_synth import distinct_colours
+from probes.data.drawing import noise_background, region_colour_fill, save_jpeg
 from probes.data.labelmaps import present_labels, write_png
 from probes.fileio import atomic_path, write_bytes_atomic, write_json_atomic
 
@@ -151,7 +152,14 @@ class RenderedPascal:
     image: np.ndarray
 
 
-def _render(scene: PascalScene, rng: np.random.Generator) -> RenderedPascal:
+def _colour_table() -> dict[str, tuple[int, int, int]]:
+    """One colour per planted 116-part name and per object class of the scenes (parts first)."""
+    parts = list(dict.fromkeys(names[2] for names in EXPECTED.values()))
+    objects = list(dict.fromkeys(obj.cls for scene in SCENES for obj in scene.objects))
+    return dict(zip(parts + objects, distinct_colours(len(parts) + len(objects))))
+
+
+def _render(scene: PascalScene, rng: np.random.Generator, colours: dict[str, tuple[int, int, int]]) -> RenderedPascal:
     lists = class_lists()
     voc = lists["pp116_obj"]
     names = {58: lists["pp58"], 108: lists["pp108"], 116: lists["pp116_part"]}
@@ -177,18 +185,18 @@ def _render(scene: PascalScene, rng: np.random.Generator) -> RenderedPascal:
     lookup16 = np.array([0] + [OBJECT16.index(c) + 1 if c in OBJECT16 else 0 for c in voc], np.uint8)
     labels["object16"] = lookup16[labels["object20"]]
 
-    palette = class_palette(len(names[116]) + len(voc))
     image = noise_background(rng, HEIGHT, WIDTH)
     for value in np.unique(labels["object20"][labels["object20"] > 0]):
-        region_colour_fill(rng, image, labels["object20"] == value, palette[len(names[116]) + int(value) - 1])
+        region_colour_fill(rng, image, labels["object20"] == value, colours[voc[value - 1]])
     for value in np.unique(labels["part116"][labels["part116"] != IGNORE]):
-        region_colour_fill(rng, image, labels["part116"] == value, palette[int(value)])
+        region_colour_fill(rng, image, labels["part116"] == value, colours[names[116][value]])
     return RenderedPascal(scene, masks, labels, image)
 
 
 def _rendered(seed: int) -> list[RenderedPascal]:
     rng = np.random.default_rng(seed)
-    return [_render(scene, rng) for scene in SCENES]
+    colours = _colour_table()
+    return [_render(scene, rng, colours) for scene in SCENES]
 
 
 def _write_mat(path: Path, rendered: RenderedPascal) -> None:

@@ -30,9 +30,17 @@ GENERATORS: dict[str, str] = {
 }
 
 
+def resolve_name(name: str, known) -> str:
+    """Names are written with hyphens (``ade20k-part-234``); ``ade20k_part234`` and the like match too."""
+    def key(text: str) -> str:
+        return text.lower().replace("-", "").replace("_", "")
+    matches = [k for k in known if key(k) == key(name)]
+    return matches[0] if len(matches) == 1 else name
+
+
 def generator(name: str):
     try:
-        target = GENERATORS[name]
+        target = GENERATORS[resolve_name(name, GENERATORS)]
     except KeyError:
         raise KeyError(f"no generator named {name!r}; known: {', '.join(sorted(GENERATORS))}") from None
     module_name, function_name = target.split(":")

@@ -10,8 +10,17 @@ from probes.zoo.build import load_model
 from probes.zoo.checkpoint import load_checkpoint
 from probes.zoo.convert import CONVERTERS, convert, detect_format
 from probes.zoo.download import cache_path, expected_hash_text, fetch, placement_help, read_lock, verify_file
-from probes.zoo.errors import ZooError
+from probes.zoo.errors import RegistryError, ZooError
 from probes.zoo.registry import BASELINE_FORMAT, Entry, get_entry, load_registry, parse_arch
+
+EXAMPLES = """examples:
+  python -m probes.zoo list
+  python -m probes.zoo info dino --json
+  python -m probes.zoo download mocov3 mae          # resumable, hash-checked, into $PARTPROBE_HOME/checkpoints
+  python -m probes.zoo verify cae                   # re-hash + check the layout loads strictly
+  python -m probes.zoo detect my_ckpt.pth
+  python -m probes.zoo convert vit-s-300ep.pth.tar --format mocov3 --arch vit_small_patch16_224 --out mocov3_s.safetensors
+"""
 
 
 def _host(entry: Entry) -> str:
@@ -111,7 +120,10 @@ def cmd_convert(args) -> None:
     fmt = args.format if args.format != "auto" else detect_format(obj, where=str(path))
     arch = None
     if args.arch:
-        arch = parse_arch(json.loads(args.arch) if args.arch.lstrip().startswith("{") else args.arch, "--arch")
+        try:
+            arch = parse_arch(json.loads(args.arch) if args.arch.lstrip().startswith("{") else args.arch, "--arch")
+        except json.JSONDecodeError as err:
+            raise RegistryError(f"--arch: not valid JSON ({err})") from None
     # Convert and prove it loads strictly (meta device: no memory) before writing anything.
     loaded = load_model(obj, fmt, arch, where=str(path), device="meta")
     state_dict, projection = convert(obj, fmt, where=str(path))
@@ -130,7 +142,8 @@ def cmd_convert(args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m probes.zoo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m probes.zoo", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="every registry entry")
     p.add_argument("--json", action="store_true")
@@ -152,7 +165,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("convert", help="convert a checkpoint to a timm state dict (.safetensors)")
     p.add_argument("checkpoint")
     p.add_argument("--format", default="auto", choices=["auto", *CONVERTERS])
-    p.add_argument("--arch", default=None, help="timm model name, or JSON {\"model\": name, \"kwargs\": {...}} (default: inferred from the tensors)")
+    p.add_argument("--arch", default=None,
+                   help='timm model name, or JSON {"model": name, "kwargs": {...}} (default: inferred from the tensors)')
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=cmd_convert)
     args = parser.parse_args(argv)

@@ -26,6 +26,9 @@ from probes.zoo.projection import build_projection
 from probes.zoo.registry import FORMATS, STANDARD_HEADS, Arch
 
 VIT_CLASSES = (VisionTransformer, Beit)
+# (blocks per stage, bottleneck blocks) -> torchvision/timm ResNet
+RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+           ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
 
 
 @dataclass
@@ -39,9 +42,11 @@ class LoadedModel:
 def infer_arch(sd: Mapping[str, torch.Tensor], fmt: str, where: str) -> Arch:
     """The registry-style architecture of a converted state dict, for a user's file given without ``arch``."""
     if "conv1.weight" in sd and "layer4.0.conv1.weight" in sd:
-        depth = {3: "resnet50"}.get(sum(1 for k in sd if k.startswith("layer1.") and k.endswith(".conv1.weight")))
-        if depth and sum(1 for k in sd if k.startswith("layer3.") and k.endswith(".conv1.weight")) == 6:
-            return Arch("resnet50", {"num_classes": 0})
+        blocks = tuple(len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+        bottleneck = "layer1.0.conv3.weight" in sd
+        name = RESNETS.get((blocks, bottleneck))
+        if name:
+            return Arch(name, {"num_classes": 0})
     if "cls_token" in sd and "patch_embed.proj.weight" in sd:
         dim = sd["cls_token"].shape[-1]
         patch = sd["patch_embed.proj.weight"].shape[-1]
@@ -54,7 +59,8 @@ def infer_arch(sd: Mapping[str, torch.Tensor], fmt: str, where: str) -> Arch:
                 return Arch(f"beit_{names[dim]}_patch16_224", {
                     "num_classes": 0, "global_pool": "token",
                     "use_abs_pos_emb": "pos_embed" in sd,
-                    "use_rel_pos_bias": any(k.startswith("blocks.") and k.endswith("relative_position_bias_table") for k in sd),
+                    "use_rel_pos_bias": any(k.startswith("blocks.") and k.endswith("relative_position_bias_table")
+                                            for k in sd),
                     "use_shared_rel_pos_bias": "rel_pos_bias.relative_position_bias_table" in sd,
                     "init_values": 0.1 if any(k.endswith(".gamma_1") for k in sd) else 0})
             kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": "token"}
@@ -74,28 +80,24 @@ def embed_dim_of(sd: Mapping[str, torch.Tensor]) -> int | None:
 def resolve_arch(arch: Arch | None, sd: Mapping[str, torch.Tensor], fmt: str, where: str) -> Arch:
     """Fill in and check the head count: the method decides it, shapes cannot (checkpoints.md section 8.1)."""
     arch = arch or infer_arch(sd, fmt, where)
+    kwargs = {"num_classes": 0, **arch.kwargs}
     dim = embed_dim_of(sd)
-    if dim is None:  # ResNets have no heads
-        return arch
+    if dim is None:  # ResNets: no heads, no token pooling
+        return Arch(arch.model, kwargs)
+    kwargs.setdefault("global_pool", "token")  # 'avg' would swap the pretrained norm for a random fc_norm
     spec = FORMATS.get(fmt)
     expected = spec.heads.get(dim) if spec else None
-    kwargs = dict(arch.kwargs)
     given = kwargs.get("num_heads")
-    if given is None:
-        if expected is None:
-            if spec is not None and spec.heads is not STANDARD_HEADS:
-                raise CheckpointError(
-                    f"{where}: {spec.method} ViTs with embed_dim {dim} have no known head count; pass "
-                    "arch={'model': ..., 'kwargs': {'num_heads': N}} (heads are not recoverable from tensor shapes)")
-            return arch
+    if given is None and expected is not None:
         kwargs["num_heads"] = expected
-    elif expected is not None and given != expected:
+    elif given is None and spec is not None and spec.heads is not STANDARD_HEADS:
+        raise CheckpointError(
+            f"{where}: {spec.method} ViTs with embed_dim {dim} have no known head count; pass "
+            "arch={'model': ..., 'kwargs': {'num_heads': N}} (heads are not recoverable from tensor shapes)")
+    elif given is not None and expected is not None and given != expected:
         raise CheckpointError(
             f"{where}: num_heads={given} disagrees with {spec.method} (embed_dim {dim} has {expected} heads). "
             "Tensor shapes are identical for any head count, so this would load and silently give wrong features.")
-    kwargs.setdefault("num_classes", 0)
-    if not arch.model.startswith("resnet"):
-        kwargs.setdefault("global_pool", "token")
     return Arch(arch.model, kwargs)
 
 

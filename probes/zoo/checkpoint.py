@@ -32,7 +32,9 @@ def load_checkpoint(path: str | Path) -> Any:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's message explains its own defaults at length; keep the line naming the refused object.
+        lines = [line for line in str(err).splitlines() if "GLOBAL" in line or "global" in line]
+        first = lines[0].strip().rstrip(".") if lines else type(err).__name__
         allowed = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in ALLOWED_GLOBALS)
         raise UnsafeCheckpointError(
             f"{path}: refused to unpickle: {first}. Checkpoints may hold only tensors, containers, numbers, "

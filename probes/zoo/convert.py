@@ -189,9 +189,11 @@ def convert_cae(obj: Any, where: str):
     if any(k.startswith("encoder.") for k in sd):
         sd = _take(sd, "encoder.", where + "['model']")
     else:
-        leftovers = sorted({k.split(".")[0] for k in sd if k.startswith(("alignment_encoder.", "teacher.", "regresser.", "decoder."))})
+        others = ("alignment_encoder.", "teacher.", "regresser.", "decoder.")
+        leftovers = sorted({k.split(".")[0] for k in sd if k.startswith(others)})
         if leftovers:
-            raise CheckpointError(f"{where}: CAE checkpoint without 'encoder.*' keys but with {leftovers}; cannot tell the encoder apart")
+            raise CheckpointError(f"{where}: CAE checkpoint without 'encoder.*' keys but with {leftovers}; "
+                                  "cannot tell the encoder apart")
     sd = _drop(sd, exact=("mask_token", "rd_pos_embed"), suffixes=("relative_position_index",))
     return bias_qv_to_qkv(sd), None
 
@@ -263,7 +265,8 @@ def detect_format(obj: Any, where: str = "checkpoint") -> str:
             head = [k for k in keys if k.startswith("head.")]
             # CARPHead has BatchNorm in its MLP (use_bn_in_head), DINOHead on ResNets does not.
             return "carp" if any("running_mean" in k for k in head) else "dino_full"
-        if any(k.startswith("head.last_layer2") for k in keys) or "masked_embed" in _strip_leading(obj["student"], "module.backbone."):
+        student = _strip_leading(obj["student"], "module.backbone.") if isinstance(obj["student"], Mapping) else {}
+        if any(k.startswith("head.last_layer2") for k in keys) or "masked_embed" in student:
             return "ibot_full"
         return "dino_full"
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):

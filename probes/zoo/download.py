@@ -178,9 +178,11 @@ def placement_help(entry: Entry) -> str:
 
 
 # ------------------------------------------------------------------------------------------ HTTP
-class _HtmlPage(Exception):
+class _HtmlPage(DownloadError):
+    """The server answered with a web page (an error page, or Google Drive's confirm page)."""
+
     def __init__(self, html: str, url: str):
-        super().__init__(url)
+        super().__init__(f"{url}: the server sent an HTML page instead of the file")
         self.html, self.url = html, url
 
 

@@ -53,8 +53,9 @@ def _recipe_value(key: str, shape: list[int], dtype: str | None, g: torch.Genera
     return 0.1 * torch.randn(shape, generator=g)
 
 
-def fake_state_dict(group: Mapping, fill: str = "meta", generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    dtypes = {k: v for k, v in (group.get("non_float32") or {}).items()} if isinstance(group.get("non_float32"), Mapping) else {}
+def fake_state_dict(group: Mapping, fill: str = "meta",
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    dtypes = group.get("non_float32") if isinstance(group.get("non_float32"), Mapping) else {}
     out = {}
     for key in sorted(group["shapes"]):
         shape = list(group["shapes"][key])

@@ -1,0 +1,174 @@
+"""The Encoder interface (docs/CONTRACTS.md): feature definitions, eval transform, info, resolution
+changes with each method's own position-embedding rule, format detection."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import types
+
+import pytest
+import torch
+from PIL import Image
+from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed
+
+from probes.encoders import load_encoder, timm_transform
+from probes.zoo.checkpoint import load_checkpoint
+from probes.zoo.convert import detect_format
+from probes.zoo.errors import CheckpointError, OfflineError, RegistryError
+from probes.zoo.posembed import mae_sincos_pos_embed, mocov3_sincos_pos_embed
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def golden(shared, case, **kwargs):
+    folder = shared / "golden" / case
+    target = json.loads((folder / "meta.json").read_text())["timm_target"]["this_golden"]
+    arch = {"model": target["create_model"], "kwargs": {**target["kwargs"], **kwargs}}
+    return folder / "checkpoint.pth", arch, torch.load(folder / "input.pt", weights_only=True)
+
+
+def test_features_are_views_of_one_forward_pass(shared):
+    path, arch, x = golden(shared, "ibot_vit_teacher")
+    enc = load_encoder(path, format="ibot", arch=arch, device="cpu")
+    assert (enc.kind, enc.embed_dim, enc.num_blocks, enc.patch_size, enc.device.type) == ("vit", 64, 4, 16, "cpu")
+    names = ["cls", "patch_mean", "tokens", "patch_map", "block", "projection", "projection_patch"]
+    out = enc.extract(x, names, block=2)
+    for name in names:  # one pass for all == one pass each
+        assert torch.equal(out[name], enc.features(x, name, block=2)), name
+        assert out[name].dtype == torch.float32 and out[name].device.type == "cpu"
+    tokens = out["tokens"]
+    assert tokens.shape == (2, 17, 64)
+    assert torch.equal(out["cls"], tokens[:, 0])
+    assert torch.allclose(out["patch_mean"], tokens[:, 1:].mean(1))
+    assert out["patch_map"].shape == (2, 64, 4, 4)
+    assert torch.equal(out["patch_map"][:, :, 1, 2], tokens[:, 1 + 1 * 4 + 2])  # row-major patch order
+    assert out["block"].shape == (2, 17, 64) and not torch.allclose(out["block"], tokens)  # before the final norm
+    assert out["projection"].shape == (2, 256) and out["projection_patch"].shape == (2, 16, 256)
+
+
+def test_bad_feature_requests_are_refused(shared):
+    path, arch, x = golden(shared, "deit_vit")
+    enc = load_encoder(path, format="deit", arch=arch, device="cpu")
+    assert not enc.has_projection
+    with pytest.raises(ValueError, match="no projection head"):
+        enc.features(x, "projection")
+    with pytest.raises(ValueError, match=r"block in 0\.\.3, got 4"):
+        enc.features(x, "block", block=4)
+    with pytest.raises(ValueError, match="unknown feature"):
+        enc.features(x, "logits")
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        enc.features(x[0], "cls")
+
+
+@pytest.mark.parametrize("case,fmt,mean,std,interpolation", [
+    ("mocov3_vit", "mocov3", IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+    ("dino_vit_full", "dino_full", IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+    ("beit_pt", "beit", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"),
+])
+def test_eval_transform_is_the_methods_own(shared, case, fmt, mean, std, interpolation):
+    path, arch, _ = golden(shared, case)
+    enc = load_encoder(path, format=fmt, arch=arch, device="cpu")
+    assert (enc.mean, enc.std, enc.interpolation, enc.resize, enc.crop_size) == (mean, std, interpolation, 256, 224)
+    colour = (200, 100, 50)
+    tensor = enc.eval_transform()(Image.new("RGB", (320, 240), colour))
+    assert tensor.shape == (3, 224, 224)
+    for c in range(3):
+        assert torch.allclose(tensor[c], torch.full((224, 224), (colour[c] / 255 - mean[c]) / std[c]), atol=1e-5)
+    grey = enc.eval_transform()(Image.new("L", (100, 300), 128))  # converted to RGB, short side to 256
+    assert grey.shape == (3, 224, 224)
+
+
+def test_timm_tagged_models_take_their_pretrained_cfg():
+    dino = timm_transform("vit_small_patch16_224.dino")
+    assert (dino.mean, dino.std, dino.interpolation) == (IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+    assert (dino.resize, dino.crop) == (248, 224)  # timm: floor(224 / crop_pct 0.9)
+    assert timm_transform("vit_small_patch16_224.augreg_in21k").mean == (0.5, 0.5, 0.5)
+    with pytest.raises(RegistryError, match="no pretrained weights"):
+        timm_transform("vit_small_patch16_224.no_such_tag")
+
+
+def test_timm_weights_offline_and_not_cached_is_a_clear_error(monkeypatch):
+    import probes.encoders as encoders
+
+    monkeypatch.setattr(encoders, "_hf_cached_file", lambda cfg: None)
+    monkeypatch.setenv("PARTPROBE_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="timm/vit_small_patch16_224.dino"):
+        load_encoder("timm:vit_small_patch16_224.dino")
+
+
+def test_info_names_the_checkpoint(shared):
+    path, arch, _ = golden(shared, "mae_full")
+    info = load_encoder(path, format="mae", arch=arch, device="cpu").info()
+    assert set(info) == {"name", "method", "arch", "checkpoint_sha256", "format", "source"}
+    assert info["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (info["method"], info["format"], info["source"]) == ("MAE", "mae", str(path.resolve()))
+    assert info["arch"].startswith("vit_base_patch16_224(") and "num_heads=4" in info["arch"]
+
+
+@pytest.mark.parametrize("case,fmt", [
+    ("deit_vit", "deit"), ("mocov3_vit", "mocov3"), ("dino_vit_backbone", "dino"), ("dino_vit_full", "dino_full"),
+    ("ibot_vit_teacher", "ibot"), ("beit_pt", "beit"), ("mae_encoder", "mae"), ("mae_full", "mae"), ("cae_full", "cae"),
+])
+def test_format_detection_on_the_goldens(shared, case, fmt):
+    assert detect_format(load_checkpoint(shared / "golden" / case / "checkpoint.pth")) == fmt
+
+
+def test_auto_detected_format_loads_and_tiny_arch_must_be_given(shared):
+    path, arch, x = golden(shared, "cae_full")
+    enc = load_encoder(path, arch=arch, device="cpu")
+    assert enc.format == "cae"
+    with pytest.raises(CheckpointError, match="cannot infer the architecture"):
+        load_encoder(path, device="cpu")
+
+
+# ------------------------------------------------------------------------- position embeddings
+@pytest.mark.parametrize("case,key,formula", [
+    ("mocov3_vit", ("state_dict", "module.base_encoder.pos_embed"), mocov3_sincos_pos_embed),
+    ("mae_encoder", ("model", "pos_embed"), mae_sincos_pos_embed),
+    ("cae_full", ("model", "encoder.pos_embed"), mocov3_sincos_pos_embed),
+])
+def test_sincos_formulas_equal_the_tables_the_original_code_stored(shared, case, key, formula):
+    stored = load_checkpoint(shared / "golden" / case / "checkpoint.pth")[key[0]][key[1]]
+    assert torch.equal(formula((4, 4), 64), stored)
+    assert not torch.allclose(build_sincos2d_pos_embed([4, 4], 64), stored[0, 1:], atol=0.1)  # timm's differs
+
+
+@pytest.mark.parametrize("case,fmt,formula", [
+    ("mocov3_vit", "mocov3", mocov3_sincos_pos_embed),
+    ("mae_encoder", "mae", mae_sincos_pos_embed),
+    ("cae_full", "cae", mocov3_sincos_pos_embed),
+    ("deit_vit", "deit", None),
+])
+def test_other_resolution_rebuilds_or_resamples_the_position_table(shared, case, fmt, formula):
+    path, arch, _ = golden(shared, case, img_size=96)
+    enc = load_encoder(path, format=fmt, arch=arch, device="cpu")
+    if formula is not None:  # fixed sin-cos: regenerated with the method's own channel order
+        assert torch.equal(enc.model.pos_embed, formula((6, 6), 64))
+    else:  # learned: resampled like timm does
+        stored = load_checkpoint(path)["model"]["pos_embed"]
+        assert torch.allclose(enc.model.pos_embed, resample_abs_pos_embed(stored, [6, 6], num_prefix_tokens=1))
+    x = torch.randn(1, 3, 96, 96)
+    assert enc.features(x, "patch_map").shape == (1, 64, 6, 6)
+
+
+# ------------------------------------------------------------------------------------ baselines
+def test_baseline_names_build_through_probes_baselines(monkeypatch):
+    calls = []
+    fake = types.ModuleType("probes.baselines")
+    fake.build_baseline = lambda name: calls.append(name) or f"<{name} encoder>"
+    monkeypatch.setitem(sys.modules, "probes.baselines", fake)
+    assert load_encoder("colorstats") == "<colorstats encoder>"
+    assert load_encoder("pixels") == "<pixels encoder>"
+    assert calls == ["colorstats", "pixels"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_autocast_stays_close_to_cpu_fp32(shared):
+    path, arch, x = golden(shared, "dino_vit_full")
+    cpu = load_encoder(path, format="dino_full", arch=arch, device="cpu").features(x, "tokens")
+    gpu = load_encoder(path, format="dino_full", arch=arch)
+    assert gpu.device.type == "cuda"
+    out = gpu.features(x, "tokens")
+    assert out.dtype == torch.float32 and out.device.type == "cpu"
+    assert (out - cpu).abs().max() < 0.1

@@ -1,0 +1,173 @@
+"""Feature extraction: cache reuse, resumption after an interruption, block pooling, dense keypoint sampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probes.baselines import build_baseline
+from probes.features import (cache_dir, extract_dense_features, extract_features, keypoint_grid, pool_block,
+                             sample_at_keypoints)
+from probes.parts import CropTransform
+
+
+class Images(torch.utils.data.Dataset):
+    """Deterministic random 32 x 32 images with labels."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], i % 3
+
+
+class Counting:
+    """Wraps an encoder; counts forward calls and optionally fails after ``fail_after`` of them."""
+
+    def __init__(self, encoder, fail_after: int | None = None):
+        self.encoder, self.calls, self.fail_after = encoder, 0, fail_after
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def extract(self, images, features, block=None):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("simulated interruption")
+        self.calls += 1
+        return self.encoder.extract(images, features, block=block)
+
+
+KEY = {"encoder": "colorstats", "data": "Images(40, seed 0)"}
+
+
+def test_second_run_reads_the_cache_without_a_forward_pass():
+    data = Images(40)
+    first = Counting(build_baseline("colorstats"))
+    a = extract_features(first, data, ["cls", "patch_mean"], batch_size=8, cache_key=KEY, shard_size=16,
+                         progress=False)
+    assert first.calls == 5                                  # 40 items / batch 8
+    again = Counting(build_baseline("colorstats"))
+    b = extract_features(again, data, ["cls", "patch_mean"], batch_size=8, cache_key=KEY, shard_size=16,
+                         progress=False)
+    assert again.calls == 0
+    for name in ("cls", "patch_mean"):
+        assert torch.equal(a[name], b[name])
+    # A subset of the features is served from the same cache; a new feature is computed on its own.
+    subset = Counting(build_baseline("colorstats"))
+    assert torch.equal(extract_features(subset, data, ["cls"], batch_size=8, cache_key=KEY, shard_size=16,
+                                        progress=False)["cls"], a["cls"])
+    assert subset.calls == 0
+    assert (cache_dir({"key": {"cache_key": KEY, "block": None}, "num_items": 40, "shard_size": 16})
+            / "key.json").is_file()
+
+
+def test_interrupted_extraction_resumes_and_gives_identical_features():
+    data = Images(40, seed=1)
+    key = dict(KEY, data="Images(40, seed 1)")
+    reference = extract_features(build_baseline("colorstats"), data, ["cls", "patch_mean"], batch_size=8,
+                                 cache_key=None, progress=False)
+    # Shards of 16 items = 2 batches of 8: shard 0 completes, shard 1 dies at its second batch.
+    broken = Counting(build_baseline("colorstats"), fail_after=3)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        extract_features(broken, data, ["cls", "patch_mean"], batch_size=8, cache_key=key, shard_size=16,
+                         progress=False)
+    folder = cache_dir({"key": {"cache_key": key, "block": None}, "num_items": 40, "shard_size": 16})
+    assert sorted(p.name for p in (folder / "cls").iterdir()) == ["00000.pt"]   # no partial shard left behind
+    resumed = Counting(build_baseline("colorstats"))
+    out = extract_features(resumed, data, ["cls", "patch_mean"], batch_size=8, cache_key=key, shard_size=16,
+                           progress=False)
+    assert resumed.calls == 3                                   # shard 1 (2 batches) and shard 2 (1 batch) only
+    for name in ("cls", "patch_mean"):
+        assert torch.equal(out[name], reference[name])
+
+
+def test_a_different_key_recomputes():
+    data = Images(16, seed=2)
+    extract_features(build_baseline("colorstats"), data, ["cls"], cache_key={"k": 1}, progress=False)
+    other = Counting(build_baseline("colorstats"))
+    extract_features(other, data, ["cls"], cache_key={"k": 2}, progress=False)
+    assert other.calls == 1
+    fresh = Counting(build_baseline("colorstats"))
+    extract_features(fresh, data, ["cls"], cache_key={"k": 1}, block=0, progress=False)   # block is in the key
+    assert fresh.calls == 1
+
+
+def test_block_features_pool_tokens_and_maps():
+    tokens = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)    # 1 CLS + 4 patches
+    torch.testing.assert_close(pool_block(tokens, "cls", 4), tokens[:, 0])
+    torch.testing.assert_close(pool_block(tokens, "patch_mean", 4), tokens[:, 1:].mean(1))
+    with_registers = torch.randn(2, 1 + 4 + 4, 3)                             # CLS + 4 registers + 4 patches
+    torch.testing.assert_close(pool_block(with_registers, "patch_mean", 4), with_registers[:, 5:].mean(1))
+    stage = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(pool_block(stage, "patch_mean", None), stage.mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match="no CLS token"):
+        pool_block(stage, "cls", None)
+
+
+# --- dense sampling ----------------------------------------------------------------------------------------------
+def coordinate_map(h: int, w: int) -> torch.Tensor:
+    """[2, h, w]: channel 0 = column index, channel 1 = row index of each token."""
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+    return torch.stack([cols, rows])
+
+
+def test_sampling_a_hand_made_map_hits_token_centres_and_interpolates():
+    # A 4 x 4 token map over a 64 x 64 image (16 px tokens). Token c covers pixels [16c, 16c + 16): its centre
+    # is the boundary between pixel indices 16c + 7 and 16c + 8, i.e. pixel index x = 16c + 7.5.
+    feature_map = coordinate_map(4, 4)
+    points = np.array([[7.5, 7.5],      # centre of token (0, 0)
+                       [23.5, 55.5],    # centre of token (row 3, col 1)
+                       [15.5, 7.5],     # half-way between columns 0 and 1
+                       [11.5, 35.5],    # column (11.5 + 0.5) / 16 - 0.5 = 0.25, row 36 / 16 - 0.5 = 1.75
+                       [0.0, 63.0]])    # beyond the outer centres: clamped to the border tokens
+    values = sample_at_keypoints(feature_map, keypoint_grid(points, 64, 64))
+    expected = torch.tensor([[0.0, 0.0], [1.0, 3.0], [0.5, 0.0], [0.25, 1.75], [0.0, 3.0]])
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=0)
+
+
+def test_sampling_does_not_depend_on_the_image_aspect():
+    # 80 x 40 image on a 5 x 5 map (the image is resized to a square first): token (r, c) centre sits at pixel
+    # index ((c + 0.5) * 80 / 5 - 0.5, (r + 0.5) * 40 / 5 - 0.5).
+    feature_map = coordinate_map(5, 5)
+    points = np.array([[(c + 0.5) * 16 - 0.5, (r + 0.5) * 8 - 0.5] for r in range(5) for c in range(5)])
+    values = sample_at_keypoints(feature_map, keypoint_grid(points, 80, 40))
+    expected = torch.tensor([[c, r] for r in range(5) for c in range(5)], dtype=torch.float32)
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=0)
+
+
+class CoordinateEncoder:
+    """A fake ViT whose patch_map is the token coordinate map: dense features = sampled coordinates."""
+    kind, patch_size, crop_size, device = "vit", 16, 64, torch.device("cpu")
+
+    def __init__(self):
+        self.calls = 0
+
+    def extract(self, images, features, block=None):
+        self.calls += 1
+        h, w = images.shape[-2] // 16, images.shape[-1] // 16
+        return {"patch_map": coordinate_map(h, w)[None].expand(images.shape[0], -1, -1, -1).clone()}
+
+
+def test_dense_extraction_samples_each_image_once_at_its_keypoints(tmp_path):
+    from PIL import Image
+    from probes.parts import PartItem
+
+    paths = []
+    for i, size in enumerate([(128, 64), (96, 96)]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", size).save(path)
+        paths.append(str(path))
+    keypoints = [(paths[0], (15.5, 7.5)), (paths[0], (71.5, 35.5)), (paths[1], (47.5, 47.5)), (paths[1], (0.0, 95.0))]
+    items = [PartItem(p, (0, 0, 1, 1), 0, "x", 0, "all", kp) for p, kp in keypoints]
+    encoder = CoordinateEncoder()
+    values = extract_dense_features(encoder, items, CropTransform(64), batch_size=1, progress=False)
+    # Image 0 (128 x 64) -> 4 x 4 tokens of 32 x 16 original px: (15.5, 7.5) = centre of token (0, 0);
+    # (71.5, 35.5) is column 72 / 32 - 0.5 = 1.75, row 36 / 16 - 0.5 = 1.75. Image 1 (96 x 96, 24 px tokens):
+    # (47.5, 47.5) -> (1.5, 1.5); (0, 95) -> column -0.48, row 3.48: clamped to the border tokens (0, 3).
+    expected = torch.tensor([[0.0, 0.0], [1.75, 1.75], [1.5, 1.5], [0.0, 3.0]])
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=0)
+    assert encoder.calls == 2                                   # one forward per distinct image

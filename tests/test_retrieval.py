@@ -1,0 +1,177 @@
+"""Part and object retrieval end to end: planted data, shifted crops, records, presets, a golden DINO file."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from probes import object_retrieval, part_retrieval
+from probes.data.synth import synth
+from probes.metrics import retrieval_metrics
+from probes.parts import CropTransform, PartCropDataset, build_part_database
+from probes.results import RunRecord, iter_record_paths
+
+
+def metric(record, name):
+    return record.metrics[f"{record.task}/{name}"]
+
+
+@pytest.fixture(scope="module")
+def cub_root(tmp_path_factory):
+    return synth("cub", tmp_path_factory.mktemp("synth_cub"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    return synth("coco", tmp_path_factory.mktemp("synth_coco"), seed=0)
+
+
+def by_feature(records) -> dict:
+    return {(r.feature, r.protocol["include_self"]): r for r in records}
+
+
+# --- planted parts: the crop geometry end to end ----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["cub", "coco"])
+def test_planted_parts_are_retrieved_and_shifted_crops_are_not(dataset, cub_root, coco_root, tmp_path):
+    root = cub_root if dataset == "cub" else coco_root
+    common = dict(preset="partaware", self_match="both", results=tmp_path, data_source="synthetic", progress=False)
+    centred = by_feature(part_retrieval.run("colorstats", dataset, root, **common))
+    # The same crops moved by half their side in a random direction each: the disk sits at the crop's edge.
+    shifted = by_feature(part_retrieval.run("colorstats", dataset, root, crop_shift=0.5, crop_shift_seed=1, **common))
+    for include_self in (True, False):
+        good, bad = metric(centred[("cls", include_self)], "AP"), metric(shifted[("cls", include_self)], "AP")
+        assert good >= 95.0, f"{dataset}: planted parts give AP {good:.2f} < 95 with centred crops"
+        assert bad <= good - 25.0, f"{dataset}: shifted crops give AP {bad:.2f}, not clearly below {good:.2f}"
+    # patch_mean averages all patch tokens (position lost) but still finds the parts far above chance.
+    assert metric(centred[("patch_mean", True)], "AP") > 75.0
+    assert len(list(iter_record_paths(tmp_path))) == 8
+
+
+@pytest.mark.slow
+def test_records_carry_the_protocol(cub_root, tmp_path):
+    records = part_retrieval.run("colorstats", "cub", cub_root, preset="clean", results=tmp_path,
+                                 data_source="synthetic", progress=False, boxes=tmp_path / "boxes.json")
+    assert {r.feature for r in records} == {"patch_mean", "cls"}          # colorstats has no projection head
+    record = records[0]
+    protocol = record.protocol
+    assert protocol["preset"] == "clean" and protocol["include_self"] is False
+    assert protocol["crop"] == "official-code" and protocol["dist_filter"] == "official"
+    assert protocol["normalize"] == "imagenet" and protocol["input_size"] == 224
+    assert protocol["keypoint_ids"] == [11, 12, 9, 14] and protocol["synthetic"] is True
+    db = build_part_database("cub", cub_root)
+    assert protocol["part_counts"] == db.counts() and protocol["num_items"] == len(db)
+    assert record.task == "cub_part_retrieval" and record.split == "all"
+    assert set(record.metrics) >= {f"cub_part_retrieval/{m}" for m in ("AP", "mAP", "P@1", "P@5", "P@10")}
+    assert f"cub_part_retrieval/AP[right eye]" in record.metrics
+    assert record.published == {}                                           # generated data never compares
+    saved = {RunRecord.load(p).run_id: RunRecord.load(p) for p in iter_record_paths(tmp_path)}
+    assert saved[record.run_id].protocol == protocol and saved[record.run_id].metrics == record.metrics
+    assert json.loads((tmp_path / "boxes.json").read_text())["counts"] == db.counts()
+
+
+@pytest.mark.slow
+def test_paper_text_preset_and_overrides(coco_root, tmp_path):
+    records = part_retrieval.run("colorstats", "coco", coco_root, preset="paper-text", features=["cls"],
+                                 write=False, progress=False)
+    protocol = records[0].protocol
+    assert protocol["crop"] == "paper" and protocol["coco_dist_scope"] == "image"
+    assert protocol["dist_filter"] == "none" and protocol["include_self"] is True
+    override = part_retrieval.run("colorstats", "coco", coco_root, preset="paper-text", features=["cls"],
+                                  coco_dist_scope="person", self_match="excluded", write=False, progress=False)
+    assert override[0].protocol["coco_dist_scope"] == "person" and override[0].protocol["include_self"] is False
+
+
+@pytest.mark.slow
+def test_dense_protocol_runs_under_its_own_name(cub_root):
+    records = part_retrieval.run("colorstats", "cub", cub_root, crop="dense", write=False, progress=False)
+    assert [r.feature for r in records] == ["dense_patch"]
+    assert records[0].protocol["crop"] == "dense" and "grid_sample" in records[0].protocol["dense"]
+    assert metric(records[0], "AP") > 90.0       # the token under each planted disk carries the disk's colour
+    with pytest.raises(ValueError, match="dense protocol has one feature"):
+        part_retrieval.run("colorstats", "cub", cub_root, crop="dense", features=["cls"], write=False,
+                           progress=False)
+
+
+def test_every_cli_option_has_a_help_line():
+    for parser in (part_retrieval.build_parser(), object_retrieval.build_parser()):
+        for action in parser._actions:
+            if action.dest != "help":
+                assert action.help and len(action.help) > 15, f"{action.option_strings} has no help"
+    with pytest.raises(SystemExit) as exit_info:
+        part_retrieval.main(["--help"])
+    assert exit_info.value.code == 0
+
+
+def test_missing_data_root_and_unknown_preset_are_named():
+    with pytest.raises(ValueError, match="data_root is required"):
+        part_retrieval.run("colorstats", "cub", None)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        part_retrieval.resolve_options("official")
+
+
+# --- a golden DINO full checkpoint (tiny ViT, 64 px) through run() --------------------------------------------
+@pytest.mark.slow
+def test_golden_dino_checkpoint_through_run(shared, cub_root, tmp_path):
+    from probes.encoders import load_encoder
+    from probes.zoo.registry import Transform
+
+    golden = shared / "golden" / "dino_vit_full"
+    target = json.loads((golden / "meta.json").read_text())["timm_target"]["this_golden"]
+    size = json.loads((golden / "meta.json").read_text())["architecture"]["img_size"]
+    encoder = load_encoder(golden / "checkpoint.pth", format="dino_full", device="cpu",
+                           arch={"model": target["create_model"], "kwargs": target["kwargs"]},
+                           transform=Transform((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", size, size))
+    assert encoder.crop_size == size == 64
+    records = part_retrieval.run(encoder=encoder, dataset="cub", data_root=cub_root, results=tmp_path,
+                                 data_source="synthetic", progress=False, self_match="both")
+    features = {r.feature for r in records}
+    assert features == {"patch_mean", "cls", "projection"}                   # DINO's head is evaluated too
+    assert all(r.protocol["input_size"] == 64 and r.checkpoint_sha256 == encoder.info()["checkpoint_sha256"]
+               for r in records)
+    # The AP in the record equals an independent pipeline: crops -> PIL bicubic 64 -> encoder -> metrics.
+    db = build_part_database("cub", cub_root)
+    dataset = PartCropDataset(db, CropTransform(64))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    direct = encoder.extract(images, ["patch_mean"])["patch_mean"]
+    expected = retrieval_metrics(direct, db.labels(), include_self=True)["AP"] * 100
+    record = next(r for r in records if r.feature == "patch_mean" and r.protocol["include_self"])
+    assert metric(record, "AP") == pytest.approx(expected, abs=1e-4)
+
+
+# --- object retrieval --------------------------------------------------------------------------------------------
+def test_object_crop_rules_hand_computed():
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[10:20, 5:45] = 200                                   # the object: x 5..44, y 10..19
+    image = Image.fromarray(pixels)
+    box = (5.2, 10.0, 39.5, 9.8)                                 # -> whole pixels (5, 10, 45, 20): 40 x 10
+    bare = np.asarray(object_retrieval.object_crop(image, box, "box"))
+    assert bare.shape == (10, 40, 3) and (bare == 200).all()
+    square = np.asarray(object_retrieval.object_crop(image, box, "square"))
+    assert square.shape == (40, 40, 3)
+    assert (square[15:25] == 200).all() and (square[:15] == 0).all() and (square[25:] == 0).all()
+    context = np.asarray(object_retrieval.object_crop(image, box, "context"))
+    assert context.shape == (40, 40, 3)                         # (5, -5, 45, 35): 5 rows above the image are black
+    assert (context[:5] == 0).all() and (context[15:25] == 200).all()
+
+
+@pytest.mark.slow
+def test_object_retrieval_cifar_and_coco(coco_root, tmp_path):
+    cifar_root = synth("cifar10", tmp_path / "cifar", seed=0)
+    records = object_retrieval.run("colorstats", "cifar10", cifar_root, results=tmp_path / "results",
+                                   data_source="synthetic", progress=False)
+    retrieval = [r for r in records if r.probe == "object_retrieval"]
+    knn = [r for r in records if r.probe == "knn"]
+    assert {r.feature for r in retrieval} == {"patch_mean", "cls"} and len(knn) == 2
+    assert all(r.protocol["include_self"] is None for r in retrieval)    # queries (test) and gallery (train) differ
+    assert all(any("protocol not published" in note for note in r.notes) for r in records)
+    assert min(metric(r, "AP") for r in retrieval) > 80.0         # class colours make the planted task easy
+    assert knn[0].task == "cifar10_knn" and metric(knn[0], "top1@k10") > 80.0
+    coco = object_retrieval.run("colorstats", "coco", coco_root, features=["cls"], write=False,
+                                data_source="synthetic", progress=False)
+    modes = sorted(str(r.protocol.get("include_self")) for r in coco if r.probe == "object_retrieval")
+    assert modes == ["False", "True"]
+    assert coco[0].protocol["object_crop"] == "square" and coco[0].task == "coco_object_retrieval"
