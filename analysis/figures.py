@@ -449,6 +449,7 @@ def run_notebook(results_dirs: Sequence[str | os.PathLike], out_dir: str | os.Pa
     """
     import tempfile
 
+    # the notebook machinery is in the ``dev`` extra; the figure functions above need only matplotlib
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
@@ -470,9 +471,14 @@ def run_notebook(results_dirs: Sequence[str | os.PathLike], out_dir: str | os.Pa
                                 kernel_spec_manager=KernelSpecManager(kernel_dirs=[kernels]))
         client = NotebookClient(nb, km=manager, timeout=timeout,
                                 resources={"metadata": {"path": str(notebook.parent)}})
-        client.execute(env=env)
+        try:
+            client.execute(env=env)
+        finally:  # nbclient leaves a kernel it did not create running; stop ours
+            if manager.has_kernel:
+                manager.shutdown_kernel(now=True)
     executed = out_dir / notebook.name
-    nbformat.write(nb, executed)
+    with atomic_path(executed, suffix=".ipynb") as tmp:
+        nbformat.write(nb, str(tmp))
     return executed
 
 

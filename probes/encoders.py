@@ -41,8 +41,8 @@ class Encoder:
     def __init__(self, model: nn.Module, *, name: str, method: str, arch: Arch, format: str, source: str,
                  checkpoint_sha256: str, transform: Transform, projection: nn.Module | None = None,
                  device: torch.device | str = "cpu"):
-        self.model = model.eval()
-        self.projection = projection.eval() if projection is not None else None
+        self.model = model.eval().requires_grad_(False)  # frozen: probes train heads, never the encoder
+        self.projection = projection.eval().requires_grad_(False) if projection is not None else None
         self.name, self.method, self.arch, self.format = name, method, arch, format
         self.source, self.checkpoint_sha256 = source, checkpoint_sha256
         self.device = torch.device(device)

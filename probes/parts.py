@@ -375,10 +375,11 @@ class CropTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
-        tensor = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-        mean = torch.tensor(self.mean)[:, None, None]
-        std = torch.tensor(self.std)[:, None, None]
-        return (tensor - mean) / std
+        # ToTensor + Normalize in numpy float32: the same IEEE operations as torchvision's (x / 255 - mean) / std,
+        # several times faster than tensor ops on one small image.
+        pixels = np.asarray(image, dtype=np.float32) / np.float32(255)
+        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     def describe(self) -> str:
         return f"PIL bicubic resize to {self.size}x{self.size}; ToTensor; Normalize(mean={list(self.mean)}, std={list(self.std)})"

@@ -7,14 +7,15 @@ record. The default is the paper's own (`partaware`, from `patch_lincls.py` of t
 |-----------------|------------------------------------|--------------------------------------|--------------------------------------------|--------|--------|-----------|
 | `partaware`     | SGD m 0.9, wd 0                    | base x B/256, base 0.1 linear / 0.01 attentive | per-epoch cosine, no warmup       | 90     | 1024   | JiePKU/understand-ssl-part-aware patch_lincls.py |
 | `mae-linear`    | LARS (MAE util/lars.py), wd 0      | 0.1 x B/256                          | per-iteration half-cosine, warmup 10 ep    | 90     | 16384  | facebookresearch/mae main_linprobe.py |
-| `cae-linear`    | = `mae-linear` (CAE's run_linear.py is MAE's main_linprobe) | | | | | lxtGH/CAE tools/run_linear.py, scripts/cae_base_800e.sh |
+| `cae-linear`    | LARS, wd 0 (CAE's run_linear.py is MAE's main_linprobe) | 0.1 x B/256           | as `mae-linear`                            | 90     | 16384  | lxtGH/CAE tools/run_linear.py, scripts/cae_base_800e.sh |
 | `cae-attentive` | SGD m 0.9 **nesterov**, wd 0       | 0.4 absolute (no batch scaling)      | per-iteration cosine (BEiT `cosine_scheduler`), warmup 10 ep from 0, min 1e-6 | 90 | 8192 (256 x 32) | lxtGH/CAE tools/run_attentive.py, furnace/optim_factory.py |
 | `vjepa`         | AdamW (0.9, 0.999), wd 1e-3 -> 1e-6 cosine (not on biases / 1-D), grad clip 1.0 | 1e-3 absolute | per-iteration cosine 1e-3 -> 0, no warmup | 20 | 1024 (16 x 64) | facebookresearch/jepa evals/image_classification_frozen/eval.py, configs/evals/vitl16_in1k.yaml |
 
 Things no recipe changes (all recorded): cross-entropy loss; no data augmentation (features are computed
 once with the task's fixed transforms, so MAE/CAE's RandomResizedCrop+flip and V-JEPA's AutoAugment are
 *not* reproduced); evaluation on the whole evaluation split after every epoch; bf16 autocast on CUDA, fp32
-on CPU. Model selection: both the best epoch's top-1 (the reference prints ``best_acc1``, the paper's
+on CPU. Evaluation batches: 256 (PartAware's val loader), 384 (CAE: 1.5 x 256), the training batch
+otherwise; they matter only for heads that normalise with batch statistics. Model selection: both the best epoch's top-1 (the reference prints ``best_acc1``, the paper's
 number) and the last epoch's top-1 are returned, never one under an ambiguous name.
 
 Training state (head, optimiser, scheduler position, finished epochs, per-epoch accuracies, best so far)
@@ -447,7 +448,9 @@ def train_probe(head: nn.Module, train, evaluation, recipe: Recipe, *, num_class
         batches = make_batches(order, recipe.batch_size, recipe.drop_last, merge)
         head.train()
         loss_sum, seen = 0.0, 0
-        for i, (x, y) in enumerate(train.iterate(batches, device)):
+        steps = tqdm(train.iterate(batches, device), total=len(batches), desc=f"epoch {epoch + 1}", unit="batch",
+                     leave=False, disable=not progress or len(batches) < 50)
+        for i, (x, y) in enumerate(steps):
             it = epoch * iters_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = lrs[it]

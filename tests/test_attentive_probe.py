@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from probes.attentive_probe import main, resolve_num_heads, run
 from probes.data.synth import synth
 from probes.encoders import load_encoder
 from probes.results import RunRecord
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny heads run faster on one intra-op thread, and much faster on a CI machine shared by other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,15 @@ from probes.results import RunRecord
 from probes.train import TensorSource, resolve_recipe, train_probe
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny heads run faster on one intra-op thread, and much faster on a CI machine shared by other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cub_root(tmp_path_factory):
     return synth("cub", tmp_path_factory.mktemp("cub"), seed=0)
@@ -51,6 +60,19 @@ def test_planted_parts_are_classified_and_recorded(cub_root, colorstats, tmp_pat
     assert full_size.eval[0][0].shape == (3, 224, 224) and full_size.train[0][0].shape == (3, 224, 224)
     assert knn.protocol["k"] == 20 and knn.protocol["temperature"] == 0.07
     assert knn.metrics["cub_knn/top1"] == pytest.approx(knn.metrics["cub_knn/top1_k20"])
+
+
+def test_coco_parts_train2017_to_val2017(colorstats, tmp_path):
+    root = synth("coco", tmp_path / "coco", seed=0)
+    out = run("colorstats", "coco", root, encoder=colorstats, epochs=20, batch_size=32, results=tmp_path,
+              data_source="synthetic", knn=False, progress=False)
+    assert out["linear"]["top1_best"] >= 95.0
+    record = RunRecord.load(out["records"][0])
+    assert (record.task, record.split) == ("coco_linear_probe", "val2017")
+    p = record.protocol
+    assert (p["train_split"], p["eval_split"], p["coco_dist_scope"], p["keypoint_ids"]) == (
+        "train2017", "val2017", "code_exact", [1, 11, 16])
+    assert sum(p["eval_counts"].values()) == p["num_eval"] > 0
 
 
 def test_shuffled_labels_stay_at_chance(cub_root, colorstats):

@@ -233,13 +233,15 @@ def test_keypoints_all_uses_every_keypoint_as_class(coco_root, cub_root):
 
 
 # --- transforms, shift, audit file -------------------------------------------------------------------------------
-def test_crop_transform_is_pil_bicubic_then_normalise(cub_root):
+def test_crop_transform_equals_the_official_torchvision_pipeline(cub_root):
+    from torchvision import transforms
     db = build_part_database("cub", cub_root)
-    transform = CropTransform(64, mean=(0.5, 0.25, 0.0), std=(0.5, 0.5, 1.0))
-    tensor, label = PartCropDataset(db, transform)[1]
-    reference = np.asarray(db.crop(1).resize((64, 64), Image.BICUBIC), dtype=np.float32) / 255
-    reference = (reference - np.array([0.5, 0.25, 0.0])) / np.array([0.5, 0.5, 1.0])
-    np.testing.assert_allclose(tensor.permute(1, 2, 0).numpy(), reference, atol=1e-6)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    tensor, label = PartCropDataset(db, CropTransform(64, mean, std))[1]
+    # The official retrieval transform: Resize(size, interpolation=3 [bicubic]) on the square PIL crop.
+    official = transforms.Compose([transforms.Resize(64, interpolation=transforms.InterpolationMode.BICUBIC),
+                                   transforms.ToTensor(), transforms.Normalize(mean, std)])
+    assert torch.equal(tensor, official(db.crop(1)))
     assert label == LABEL[9] and tensor.shape == (3, 64, 64)
 
 

@@ -53,8 +53,8 @@ def test_planted_parts_are_retrieved_and_shifted_crops_are_not(dataset, cub_root
 
 @pytest.mark.slow
 def test_records_carry_the_protocol(cub_root, tmp_path):
-    records = part_retrieval.run("colorstats", "cub", cub_root, preset="clean", results=tmp_path,
-                                 data_source="synthetic", progress=False, boxes=tmp_path / "boxes.json")
+    records = part_retrieval.run("colorstats", "cub", cub_root, preset="clean", results=tmp_path / "results",
+                                 data_source="synthetic", progress=False, boxes=tmp_path / "audit" / "boxes.json")
     assert {r.feature for r in records} == {"patch_mean", "cls"}          # colorstats has no projection head
     record = records[0]
     protocol = record.protocol
@@ -68,21 +68,30 @@ def test_records_carry_the_protocol(cub_root, tmp_path):
     assert set(record.metrics) >= {f"cub_part_retrieval/{m}" for m in ("AP", "mAP", "P@1", "P@5", "P@10")}
     assert f"cub_part_retrieval/AP[right eye]" in record.metrics
     assert record.published == {}                                           # generated data never compares
-    saved = {RunRecord.load(p).run_id: RunRecord.load(p) for p in iter_record_paths(tmp_path)}
+    saved = {RunRecord.load(p).run_id: RunRecord.load(p) for p in iter_record_paths(tmp_path / "results")}
     assert saved[record.run_id].protocol == protocol and saved[record.run_id].metrics == record.metrics
-    assert json.loads((tmp_path / "boxes.json").read_text())["counts"] == db.counts()
+    assert json.loads((tmp_path / "audit" / "boxes.json").read_text())["counts"] == db.counts()
 
 
 @pytest.mark.slow
-def test_paper_text_preset_and_overrides(coco_root, tmp_path):
+def test_paper_text_preset_is_recorded(coco_root):
     records = part_retrieval.run("colorstats", "coco", coco_root, preset="paper-text", features=["cls"],
                                  write=False, progress=False)
     protocol = records[0].protocol
     assert protocol["crop"] == "paper" and protocol["coco_dist_scope"] == "image"
     assert protocol["dist_filter"] == "none" and protocol["include_self"] is True
-    override = part_retrieval.run("colorstats", "coco", coco_root, preset="paper-text", features=["cls"],
-                                  coco_dist_scope="person", self_match="excluded", write=False, progress=False)
-    assert override[0].protocol["coco_dist_scope"] == "person" and override[0].protocol["include_self"] is False
+    assert protocol["crop_side"].startswith("round(d)")
+
+
+def test_presets_and_explicit_overrides():
+    assert part_retrieval.resolve_options("partaware") == {
+        "crop": "official-code", "self_match": "included", "normalize": "imagenet", "coco_dist_scope": "code_exact"}
+    assert part_retrieval.resolve_options("clean")["self_match"] == "excluded"
+    assert part_retrieval.resolve_options("clean")["coco_dist_scope"] == "person"
+    options = part_retrieval.resolve_options("paper-text", coco_dist_scope="person", self_match="excluded", crop=None)
+    assert options == {"crop": "paper", "self_match": "excluded", "normalize": "imagenet", "coco_dist_scope": "person"}
+    with pytest.raises(ValueError, match="crop must be one of"):
+        part_retrieval.resolve_options("clean", crop="d/4")
 
 
 @pytest.mark.slow

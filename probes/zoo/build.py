@@ -179,12 +179,20 @@ def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], fmt: str, wher
     model.load_state_dict(sd, strict=True, assign=meta)
 
 
+def _all_buffers_persistent(model: nn.Module) -> bool:
+    return {name for name, _ in model.named_buffers()} <= set(model.state_dict())
+
+
 def load_model(obj: Any, fmt: str, arch: Arch | None = None, where: str = "checkpoint",
                device: str | torch.device = "cpu") -> LoadedModel:
     """Loaded checkpoint object -> timm model (eval mode) + projection head, both on ``device``."""
     sd, head_state = convert(obj, fmt, where)
     arch = resolve_arch(arch, sd, fmt, where)
-    model = build_model(arch, device)
+    # Built on the meta device, the model skips its random initialisation and takes the checkpoint's
+    # tensors as they are; unless it has buffers a checkpoint does not carry (BEiT's position index).
+    model = build_model(arch, "meta")
+    if str(device) != "meta" and not _all_buffers_persistent(model):
+        model = build_model(arch, "cpu")
     load_strict(model, sd, fmt, where)
     projection = None
     if head_state:

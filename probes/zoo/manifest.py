@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -53,17 +53,19 @@ def _recipe_value(key: str, shape: list[int], dtype: str | None, g: torch.Genera
     return 0.1 * torch.randn(shape, generator=g)
 
 
-def fake_state_dict(group: Mapping, fill: str = "meta",
-                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def fake_state_dict(group: Mapping, fill: str = "meta", generator: torch.Generator | None = None,
+                    recipe_only: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     dtypes = group.get("non_float32") if isinstance(group.get("non_float32"), Mapping) else {}
     out = {}
     for key in sorted(group["shapes"]):
         shape = list(group["shapes"][key])
-        dtype = dtypes.get(key)
+        dtype = getattr(torch, dtypes.get(key) or "float32")
         if fill == "meta":
-            out[key] = torch.empty(shape, dtype=getattr(torch, dtype or "float32"), device="meta")
+            out[key] = torch.empty(shape, dtype=dtype, device="meta")
+        elif fill == "recipe" and recipe_only is not None and not recipe_only(key):
+            out[key] = torch.zeros(shape, dtype=dtype)
         elif fill == "recipe":
-            out[key] = _recipe_value(key, shape, dtype, generator)
+            out[key] = _recipe_value(key, shape, dtypes.get(key), generator)
         else:
             raise ValueError(f"fill must be 'meta' or 'recipe', got {fill!r}")
     return out
@@ -81,13 +83,21 @@ def _placeholder(kind: str, spec: Mapping) -> Any:
     return None
 
 
-def fake_checkpoint(manifest: Mapping, fill: str = "meta", seed: int = 0) -> Any:
-    """The object ``torch.load`` would return for the released file, with fake tensors."""
+def fake_checkpoint(manifest: Mapping, fill: str = "meta", seed: int = 0,
+                    recipe_only: Callable[[str, str], bool] | None = None) -> Any:
+    """The object ``torch.load`` would return for the released file, with fake tensors.
+
+    ``fill="recipe"`` fills every tensor by the README recipe, or only those where
+    ``recipe_only(container_key, tensor_key)`` holds: the others are zeros, which is cheap for branches
+    a test does not compare (an EMA copy, a 65536-wide head).
+    """
     container = manifest["container"]
     if "paddle" in str(container.get("type", "")).lower():
         raise CheckpointError(f"{manifest.get('_path', 'manifest')}: Paddle pickles are not torch checkpoints")
     generator = torch.Generator().manual_seed(seed) if fill == "recipe" else None
-    groups = {name: fake_state_dict(group, fill, generator) for name, group in tensor_groups(manifest).items()}
+    groups = {name: fake_state_dict(group, fill, generator,
+                                    None if recipe_only is None else (lambda key, name=name: recipe_only(name, key)))
+              for name, group in tensor_groups(manifest).items()}
     if PLAIN in groups:
         return groups[PLAIN]
     obj: dict[str, Any] = {}
