@@ -98,16 +98,20 @@ def _similarity_chunks(query, q_labels, gallery, g_labels, same, include_self, c
             yield idx, sims, positives
 
 
-def _ap_rows(sims: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+def _ap_rows(sims: torch.Tensor, positives: torch.Tensor, engine: str = "auto") -> torch.Tensor:
     """Exact sklearn AP of each row (float64), all rows sharing the positive columns; NaN without positives.
 
     For positive j: n_ge = #items with score >= s_j and tp_ge = #positives with score >= s_j (ties count
     fully, as sklearn's thresholds do); AP = mean over positives of tp_ge / n_ge. An excluded self entry
     has score -inf: it is neither counted (every real score is above it) nor averaged over.
+    ``engine``: "torch" (any device; used on the GPU), "numpy" (CPU: numpy's sort is about twice as fast
+    as torch's there, and rows are split over threads), "auto" picks by device.
     """
-    n = sims.shape[1]
     if positives.numel() == 0:
         return torch.full((sims.shape[0],), float("nan"), dtype=torch.float64, device=sims.device)
+    if engine == "numpy" or (engine == "auto" and sims.device.type == "cpu"):
+        return torch.from_numpy(_ap_rows_numpy(sims.numpy(), positives.numpy()))
+    n = sims.shape[1]
     sorted_all = torch.sort(sims, dim=1).values                        # ascending
     pos_scores = sims[:, positives].contiguous()                        # [c, P]
     pos_sorted = torch.sort(pos_scores, dim=1).values
@@ -121,9 +125,45 @@ def _ap_rows(sims: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     return torch.where(num_pos > 0, ap, torch.full_like(ap, float("nan")))
 
 
+def _ap_rows_numpy(sims: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """CPU engine of ``_ap_rows``: positives and negatives sorted apart, then merged by binary search.
+
+    With p = sorted positive scores and q = sorted negative scores (ascending), for the i-th positive
+    tp_ge = P - searchsorted(p, p_i, left) and fp_ge = len(q) - searchsorted(q, p_i, left); sorted
+    needles make both searches linear merges.
+    """
+    is_pos = np.zeros(sims.shape[1], dtype=bool)
+    is_pos[positives] = True
+    pos_all, neg_all = sims[:, is_pos], sims[:, ~is_pos]
+    out = np.empty(sims.shape[0], dtype=np.float64)
+
+    def rows(block: range) -> None:
+        pos_sorted = np.sort(pos_all[block.start:block.stop], axis=1)
+        neg_sorted = np.sort(neg_all[block.start:block.stop], axis=1)
+        for r, (p, q) in enumerate(zip(pos_sorted, neg_sorted)):
+            p = p[np.searchsorted(p, -np.inf, side="right"):]           # drop an excluded self entry (-inf)
+            if len(p) == 0:
+                out[block.start + r] = np.nan
+                continue
+            tp_ge = len(p) - np.searchsorted(p, p, side="left")
+            fp_ge = len(q) - np.searchsorted(q, p, side="left")
+            out[block.start + r] = np.mean(tp_ge / (tp_ge + fp_ge))
+
+    workers = max(1, min(torch.get_num_threads(), sims.shape[0]))
+    step = -(-sims.shape[0] // workers)
+    blocks = [range(i, min(i + step, sims.shape[0])) for i in range(0, sims.shape[0], step)]
+    if len(blocks) == 1:
+        rows(blocks[0])
+    else:  # numpy's sort releases the GIL: one block of rows per thread
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(len(blocks)) as pool:
+            list(pool.map(rows, blocks))
+    return out
+
+
 def average_precision_per_query(query_features, query_labels, gallery_features=None, gallery_labels=None, *,
                                 include_self: bool = True, chunk_size: int | None = None,
-                                device=None) -> np.ndarray:
+                                device=None, engine: str = "auto") -> np.ndarray:
     """AP of every query's full ranking of the gallery (cosine similarity), as float64 [Q].
 
     Equal to ``sklearn.metrics.average_precision_score(gallery_labels == label_q, similarities_q)`` per
@@ -135,7 +175,7 @@ def average_precision_per_query(query_features, query_labels, gallery_features=N
     out = torch.empty(query.shape[0], dtype=torch.float64)
     for idx, sims, positives in _similarity_chunks(query, q_labels, gallery, g_labels, same, include_self,
                                                    chunk_size):
-        out[idx.cpu()] = _ap_rows(sims, positives).cpu()
+        out[idx.cpu()] = _ap_rows(sims, positives, engine).cpu()
     return out.numpy()
 
 

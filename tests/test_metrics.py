@@ -40,24 +40,26 @@ def sklearn_ap(features, labels, include_self: bool) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.parametrize("engine", ["numpy", "torch"])     # the CPU engine, and the one used on GPUs
 @pytest.mark.parametrize("include_self", [True, False])
-def test_ap_equals_sklearn_per_query_with_ties(include_self):
+def test_ap_equals_sklearn_per_query_with_ties(include_self, engine):
     features = tied_unit_features(90, seed=1)
     labels = np.random.default_rng(2).integers(0, 3, 90)
     scores = features @ features.T
     assert len(np.unique(scores)) <= 5            # the case is really about ties
-    ours = average_precision_per_query(features, labels, include_self=include_self, chunk_size=7)
+    ours = average_precision_per_query(features, labels, include_self=include_self, chunk_size=7, engine=engine)
     reference = sklearn_ap(features, labels, include_self)
     np.testing.assert_allclose(ours, reference, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
 @pytest.mark.parametrize("include_self", [True, False])
-def test_ap_equals_sklearn_on_random_float_features(include_self):
+def test_ap_equals_sklearn_on_random_float_features(include_self, engine):
     rng = np.random.default_rng(3)
     features = rng.standard_normal((120, 16)).astype(np.float32)
     labels = rng.integers(0, 4, 120)
     normalized = l2_normalize(torch.from_numpy(features)).numpy()
-    ours = average_precision_per_query(features, labels, include_self=include_self)
+    ours = average_precision_per_query(features, labels, include_self=include_self, engine=engine)
     np.testing.assert_allclose(ours, sklearn_ap(normalized, labels, include_self), atol=1e-6, rtol=0)
 
 
