@@ -169,6 +169,7 @@ def average_precision_per_query(query_features, query_labels, gallery_features=N
     Equal to ``sklearn.metrics.average_precision_score(gallery_labels == label_q, similarities_q)`` per
     query, ties included. Without a gallery, the queries are the gallery; ``include_self`` then decides
     whether each query's own entry takes part (official code: yes). NaN marks queries without positives.
+    ``engine`` ("auto", "numpy", "torch") changes only the speed, never the values.
     """
     query, q_labels, gallery, g_labels, same = _setup(query_features, query_labels, gallery_features,
                                                       gallery_labels, include_self, device)
@@ -179,20 +180,37 @@ def average_precision_per_query(query_features, query_labels, gallery_features=N
     return out.numpy()
 
 
-def _precision_at_k_rows(sims: torch.Tensor, relevant: torch.Tensor, k: int, available: int) -> torch.Tensor:
-    """Precision among the k best-scored items, with ties at the cut shared fairly.
+def _precision_at_k_rows(sims: torch.Tensor, relevant_column: torch.Tensor, ks: Sequence[int],
+                         available: int) -> dict[int, torch.Tensor]:
+    """Precision among the k best-scored items for each k, with ties at the cut shared fairly.
 
     If the k-th best score t is tied, the expected precision over all orderings of the tie is used:
     (#relevant above t + #relevant at t * (k - #above) / #at) / k. Deterministic, order-free.
+    ``relevant_column`` [N] marks the gallery items relevant to every row of this chunk (one class).
+    Everything is read from one top-(max k + 1) list; only rows whose tie at the cut runs past that list
+    look at the whole row.
     """
-    k = min(k, available)
-    kth = torch.topk(sims, k, dim=1).values[:, -1:]
-    above = sims > kth
-    at = sims == kth
-    rel_above = (above & relevant).sum(1).double()
-    rel_at = (at & relevant).sum(1).double()
-    slots = k - above.sum(1).double()
-    return (rel_above + rel_at * slots / at.sum(1).double()) / k
+    width = min(max(ks) + 1, available)
+    values, indices = torch.topk(sims, width, dim=1)                 # sorted, descending
+    relevant_top = relevant_column[indices]
+    out = {}
+    for asked in ks:
+        k = min(asked, available)
+        kth = values[:, k - 1:k]
+        above = values > kth                                          # every item above t is in the list
+        at = values == kth
+        rel_above = (above & relevant_top).sum(1).double()
+        rel_at = (at & relevant_top).sum(1).double()
+        n_at = at.sum(1).double()
+        # A tie that reaches the end of the list may continue beyond it: count those rows on the full row.
+        open_rows = torch.nonzero(at[:, -1]).flatten() if width < available else None
+        if open_rows is not None and open_rows.numel():
+            full_at = sims[open_rows] == kth[open_rows]
+            n_at[open_rows] = full_at.sum(1).double()
+            rel_at[open_rows] = (full_at & relevant_column[None]).sum(1).double()
+        slots = k - above.sum(1).double()
+        out[asked] = (rel_above + rel_at * slots / n_at) / k
+    return out
 
 
 def retrieval_metrics(query_features, query_labels, gallery_features=None, gallery_labels=None, *,
@@ -215,13 +233,12 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
                                                    chunk_size):
         cpu_idx = idx.cpu()
         ap[cpu_idx] = _ap_rows(sims, positives).cpu()
-        relevant = torch.zeros_like(sims, dtype=torch.bool)
-        relevant[:, positives] = True
-        if same and not include_self:
-            relevant[torch.arange(idx.shape[0], device=idx.device), idx] = False
-        # An excluded self entry scores -inf, so it never fills a top-k slot (k < gallery size).
-        for k in ks:
-            precision[k][cpu_idx] = _precision_at_k_rows(sims, relevant, k, available).cpu()
+        # An excluded self entry scores -inf: it never fills a top-k slot (k <= available), and it is a
+        # positive only in a tie at -inf, which cannot happen for finite features.
+        relevant_column = torch.zeros(sims.shape[1], dtype=torch.bool, device=sims.device)
+        relevant_column[positives] = True
+        for k, values in _precision_at_k_rows(sims, relevant_column, ks, available).items():
+            precision[k][cpu_idx] = values.cpu()
     labels = q_labels.cpu().numpy()
     ap_np = ap.numpy()
     valid = ~np.isnan(ap_np)

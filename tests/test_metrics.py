@@ -122,6 +122,16 @@ def test_precision_at_k_hand_computed_with_ties_at_the_cut():
     assert result["P@4"] == pytest.approx(3 / 4)
 
 
+def test_precision_at_k_with_a_tie_longer_than_the_top_list():
+    # 30 gallery items tie at similarity 1 with the query; 6 of them relevant; then 5 relevant at -1.
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    gallery = np.array([[1.0, 0.0]] * 30 + [[-1.0, 0.0]] * 5, dtype=np.float32)
+    g_labels = np.array([0] * 6 + [1] * 24 + [0] * 5)
+    result = retrieval_metrics(query, [0], gallery, g_labels, ks=(1, 5, 10))
+    for k in (1, 5, 10):                    # any k inside the tie: the tie's share of relevant items
+        assert result[f"P@{k}"] == pytest.approx(6 / 30)
+
+
 def test_query_without_positive_is_nan_and_left_out():
     features = tied_unit_features(12, 10)
     labels = np.array([0] * 6 + [1] * 5 + [2])                 # class 2 has one item

@@ -11,17 +11,24 @@ Most code wants :func:`probes.encoders.load_encoder`; this package is the machin
 
 CLI: ``python -m probes.zoo list | info NAME | download NAME | verify NAME | detect FILE | convert FILE``.
 """
-from probes.zoo.build import LoadedModel, load_model
-from probes.zoo.checkpoint import load_checkpoint
-from probes.zoo.convert import CONVERTERS, convert, detect_format
-from probes.zoo.download import cache_path, fetch, verify_file
-from probes.zoo.errors import (
-    CheckpointError, ChecksumError, DownloadError, OfflineError, RegistryError, UnsafeCheckpointError, ZooError,
-)
-from probes.zoo.registry import FORMATS, Arch, Entry, Transform, get_entry, load_registry
+import importlib
 
-__all__ = [
-    "Arch", "CONVERTERS", "CheckpointError", "ChecksumError", "DownloadError", "Entry", "FORMATS", "LoadedModel",
-    "OfflineError", "RegistryError", "Transform", "UnsafeCheckpointError", "ZooError", "cache_path", "convert",
-    "detect_format", "fetch", "get_entry", "load_checkpoint", "load_model", "load_registry", "verify_file",
-]
+# Imported on first use, so that ``probes.zoo.download`` (used by the dataset downloads) does not pull
+# in torch and timm.
+_EXPORTS = {
+    "LoadedModel": "build", "load_model": "build",
+    "load_checkpoint": "checkpoint",
+    "CONVERTERS": "convert", "convert": "convert", "detect_format": "convert",
+    "cache_path": "download", "fetch": "download", "verify_file": "download",
+    "CheckpointError": "errors", "ChecksumError": "errors", "DownloadError": "errors", "OfflineError": "errors",
+    "RegistryError": "errors", "UnsafeCheckpointError": "errors", "ZooError": "errors",
+    "FORMATS": "registry", "Arch": "registry", "Entry": "registry", "Transform": "registry",
+    "get_entry": "registry", "load_registry": "registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'probes.zoo' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"probes.zoo.{_EXPORTS[name]}"), name)
