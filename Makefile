@@ -18,6 +18,8 @@ install: $(STAMP)
 # colour-statistics baseline (no download), exports the leaderboard and the figures.
 demo: $(STAMP)
 	$(PY) -m probes.demo --out demo_data
+	$(PY) -m analysis.leaderboard --results demo_data/results --out demo_data/leaderboard.csv
+	$(PY) -m analysis.figures --results demo_data/results --out demo_data/figures
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -13,6 +13,7 @@ e.g. from ``enc.eval_transform()`` (the method's own transform from the registry
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -204,7 +205,7 @@ def load_encoder(name: str | os.PathLike, format: str | None = None, arch: str |
     checkpoint, sha256 = fetch(entry, offline=offline)
     return _from_checkpoint(checkpoint, entry.format, _override_arch(entry.arch, arch, entry.name), device,
                             name=entry.name, method=entry.method, source=entry.source, sha256=sha256,
-                            transform=transform or entry.transform)
+                            transform=transform or _fit_transform(entry.transform, arch))
 
 
 def _load_file(path: Path, format: str | None, arch: Any, device, transform: Transform | None) -> Encoder:
@@ -213,7 +214,22 @@ def _load_file(path: Path, format: str | None, arch: Any, device, transform: Tra
     entry = local_entry(path, fmt, parse_arch(arch, str(path)) if arch is not None else None)
     sha256, _ = file_hashes(path)
     return _from_object(obj, fmt, entry.arch, device, name=entry.name, method=entry.method, source=str(entry.local_path),
-                        sha256=sha256, transform=transform or entry.transform, where=str(path))
+                        sha256=sha256, transform=transform or _fit_transform(entry.transform, arch), where=str(path))
+
+
+def _fit_transform(transform: Transform, arch: Any) -> Transform:
+    """The method's transform at the input size an ``img_size`` override asks for (same resize/crop ratio).
+
+    A ViT built at another resolution takes only that size, so the crop follows it; the ratio keeps the
+    method's Resize(256) -> CenterCrop(224) geometry.
+    """
+    kwargs = arch.get("kwargs", {}) if isinstance(arch, Mapping) else getattr(arch, "kwargs", None) or {}
+    size = kwargs.get("img_size")
+    if isinstance(size, (tuple, list)) and len(set(size)) == 1:
+        size = size[0]
+    if not isinstance(size, int) or size == transform.crop:
+        return transform
+    return dataclasses.replace(transform, crop=size, resize=round(size * transform.resize / transform.crop))
 
 
 def _from_checkpoint(path: Path, fmt: str, arch: Arch, device, **kw) -> Encoder:

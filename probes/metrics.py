@@ -129,8 +129,7 @@ def _ap_rows_numpy(sims: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """CPU engine of ``_ap_rows``: positives and negatives sorted apart, then merged by binary search.
 
     With p = sorted positive scores and q = sorted negative scores (ascending), for the i-th positive
-    tp_ge = P - searchsorted(p, p_i, left) and fp_ge = len(q) - searchsorted(q, p_i, left); sorted
-    needles make both searches linear merges.
+    tp_ge = P - (index of the first positive equal to p_i) and fp_ge = len(q) - searchsorted(q, p_i, left).
     """
     is_pos = np.zeros(sims.shape[1], dtype=bool)
     is_pos[positives] = True
@@ -145,7 +144,12 @@ def _ap_rows_numpy(sims: np.ndarray, positives: np.ndarray) -> np.ndarray:
             if len(p) == 0:
                 out[block.start + r] = np.nan
                 continue
-            tp_ge = len(p) - np.searchsorted(p, p, side="left")
+            # tp_ge: positives from the first of p_i's tie run on (run starts carried forward, no search).
+            starts = np.empty(len(p), dtype=bool)
+            starts[0] = True
+            np.not_equal(p[1:], p[:-1], out=starts[1:])
+            first_of_run = np.maximum.accumulate(np.where(starts, np.arange(len(p)), 0))
+            tp_ge = len(p) - first_of_run
             fp_ge = len(q) - np.searchsorted(q, p, side="left")
             out[block.start + r] = np.mean(tp_ge / (tp_ge + fp_ge))
 

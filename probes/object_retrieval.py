@@ -20,7 +20,7 @@ Relevant = same class / category. Metrics as part retrieval: cosine similarity, 
 ranking, ``AP`` (query mean), ``mAP`` (class mean), precision@k. kNN classification follows DINO
 (k in 10, 20, 100, 200; T = 0.07; L2-normalised features; weights exp(sim / T)): CIFAR-10 train -> test;
 COCO leave-one-out over the split (each item's own entry excluded). kNN results are separate records of
-probe ``knn``.
+probe ``knn``: ``top1``/``top5`` at k = 20 (DINO's reported k), and ``top1_k<k>``/``top5_k<k>`` for every k.
 """
 if __name__ == "__main__" and not __package__:  # run as a file from a checkout
     import pathlib, sys
@@ -48,6 +48,7 @@ OBJECT_CROPS = ("square", "box", "context")
 SELF_MATCH = ("included", "excluded", "both")
 KNN_KS = (10, 20, 100, 200)
 KNN_TEMPERATURE = 0.07
+KNN_REPORTED_K = 20
 KS = (1, 5, 10)
 NOT_PUBLISHED = "protocol not published (protocols.md §3.3): object-level retrieval of the TMLR version"
 
@@ -159,9 +160,13 @@ def run(model: str = "dino", dataset: str = "cifar10", data_root=None, *, featur
     started = time.time()
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    if data_root is None:
-        raise ValueError("data_root is required: the folder holding cifar-10-batches-py/ (CIFAR-10) or "
-                         "annotations/ and the split folders (COCO)")
+    data_root = Path(data_root) if data_root is not None else Path("data") / dataset   # the data CLI's default
+    data_root = data_root.resolve()          # the config beside each record must work from any directory
+    if not data_root.exists():
+        raise ValueError(f"data root {data_root} does not exist: pass --data-root, the folder holding "
+                         f"cifar-10-batches-py/ (CIFAR-10) or annotations/ and the split folders (COCO); to fetch "
+                         f"it: python -m probes.data download {dataset} --root {data_root} && "
+                         f"python -m probes.data prepare {dataset} --root {data_root}")
     if self_match not in SELF_MATCH:
         raise ValueError(f"self_match must be one of {SELF_MATCH}, got {self_match!r}")
 
@@ -169,6 +174,8 @@ def run(model: str = "dino", dataset: str = "cifar10", data_root=None, *, featur
     if encoder is None:
         from probes.encoders import load_encoder
         encoder = load_encoder(model, format=format, arch=arch, device=device)
+    else:
+        model = encoder.info()["name"]          # the config beside each record names what really ran
     input_size = int(input_size or encoder.crop_size)
     mean, std = parts.normalization(normalize, encoder)
     transform = parts.CropTransform(input_size, mean, std)
@@ -269,11 +276,13 @@ def run(model: str = "dino", dataset: str = "cifar10", data_root=None, *, featur
                                   None if same else query_vectors[feature], None if same else query["labels"],
                                   ks=ks_here, temperature=KNN_TEMPERATURE, num_classes=len(class_names),
                                   device=metric_device)
-            metrics = {}
+            # DINO reports k = 20 (protocols.md §6.1): that is top1/top5; every k is kept as top1_k<k>.
+            reported = KNN_REPORTED_K if KNN_REPORTED_K in ks_here else ks_here[-1]
+            metrics = {"top1": 100 * result[reported]["top1"], "top5": 100 * result[reported]["top5"]}
             for k in ks_here:
-                metrics[f"top1@k{k}"] = 100 * result[k]["top1"]
-                metrics[f"top5@k{k}"] = 100 * result[k]["top5"]
-            protocol = dict(protocol_base, knn_temperature=KNN_TEMPERATURE, knn_ks=ks_here,
+                metrics[f"top1_k{k}"] = 100 * result[k]["top1"]
+                metrics[f"top5_k{k}"] = 100 * result[k]["top5"]
+            protocol = dict(protocol_base, k=reported, knn_temperature=KNN_TEMPERATURE, knn_ks=ks_here,
                             knn_protocol="DINO eval_knn: L2-normalised, weights exp(sim/T), "
                                          + ("leave-one-out over the split" if same else "train -> test"))
             emit("knn", feature, protocol, metrics)
@@ -290,7 +299,8 @@ def print_table(model: str, dataset: str, rows: list, ks=KS) -> None:
     print("-" * 96)
     for feature, mode, metrics in rows:
         if mode == "kNN":
-            text = "  ".join(f"k={key.split('@k')[1]}: {metrics[key]:.2f}" for key in metrics if key.startswith("top1"))
+            text = "  ".join(f"k={key.split('_k')[1]}: {metrics[key]:.2f}" for key in metrics
+                             if key.startswith("top1_k"))
             text = "kNN top-1  " + text
         else:
             text = f"AP {metrics['AP']:.2f}  mAP {metrics['mAP']:.2f}  " + \
@@ -306,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (e.g. vit_base_patch16_224).")
     parser.add_argument("--arch-kwargs", default=None, help="JSON kwargs for the architecture, e.g. '{\"img_size\": 448}'.")
     parser.add_argument("--dataset", choices=DATASETS, default="cifar10", help="CIFAR-10 (test vs train) or COCO object crops.")
-    parser.add_argument("--data-root", required=True, help="Folder holding cifar-10-batches-py/ (CIFAR-10) or annotations/ and the split folders (COCO).")
+    parser.add_argument("--data-root", default=None, help="Folder holding cifar-10-batches-py/ (CIFAR-10) or annotations/ and the split folders (COCO); default data/<dataset>.")
     parser.add_argument("--feature", action="append", default=None, help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection; default patch_mean and cls.")
     parser.add_argument("--block", type=int, default=None, help="Pool features from block K's output (0-based, before the final norm).")
     parser.add_argument("--self-match", choices=SELF_MATCH, default="both", help="COCO: whether each query's own crop is in its ranking (queries are the gallery).")

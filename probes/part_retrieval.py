@@ -86,14 +86,21 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
         data_source: str = "official", progress: bool = True, seed: int = 0, ks=KS, input_size=None) -> list:
     """Run part retrieval and return the result records (written to ``results`` unless write=False)."""
     started = time.time()
-    if data_root is None:
-        raise ValueError("data_root is required: the folder holding CUB_200_2011/ (CUB) or annotations/ and "
-                         "train2017/ (COCO)")
+    data_root = Path(data_root) if data_root is not None else Path("data") / dataset   # the data CLI's default
+    data_root = data_root.resolve()          # the config beside each record must work from any directory
+    if not data_root.exists():
+        raise ValueError(f"data root {data_root} does not exist: pass --data-root, the folder holding "
+                         f"CUB_200_2011/ (CUB) or annotations/ and train2017/ (COCO); to fetch it: "
+                         f"python -m probes.data download {dataset} --root {data_root} && "
+                         f"python -m probes.data prepare {dataset} --root {data_root}")
     options = resolve_options(preset, crop=crop, self_match=self_match, normalize=normalize,
                               coco_dist_scope=coco_dist_scope)
 
     # 1. The encoder, and the input transform of the crops: its input size, the chosen normalisation.
-    encoder = encoder or load_model(model, format=format, arch=arch, device=device)
+    if encoder is None:
+        encoder = load_model(model, format=format, arch=arch, device=device)
+    else:
+        model = encoder.info()["name"]          # the config beside each record names what really ran
     input_size = int(input_size or encoder.crop_size)       # 224 for real models; a tiny test ViT says 64
     mean, std = parts.normalization(options["normalize"], encoder)
     transform = parts.CropTransform(input_size, mean, std)
@@ -216,7 +223,17 @@ def _config(scope: dict) -> dict:
     names = ("model", "dataset", "data_root", "preset", "options", "features", "block", "keypoints", "split",
              "dist_filter", "format", "arch", "batch_size", "num_workers", "device", "crop_shift", "crop_shift_seed",
              "data_source", "seed", "ks", "input_size")
-    return {name: (str(scope[name]) if isinstance(scope.get(name), Path) else scope.get(name)) for name in names}
+    return {name: _json_plain(scope.get(name)) for name in names}
+
+
+def _json_plain(value):
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_plain(v) for k, v in value.items()}
+    return str(value)             # paths, Arch objects, devices
 
 
 def print_table(model: str, dataset: str, rows: list, ks=KS) -> None:
@@ -247,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (e.g. vit_base_patch16_224).")
     parser.add_argument("--arch-kwargs", default=None, help="JSON kwargs for the architecture, e.g. '{\"img_size\": 448}'.")
     parser.add_argument("--dataset", choices=parts.DATASETS, default="cub", help="Part database: CUB-200-2011 or COCO person keypoints.")
-    parser.add_argument("--data-root", required=True, help="Folder holding CUB_200_2011/ (CUB) or annotations/ and train2017/ (COCO).")
+    parser.add_argument("--data-root", default=None, help="Folder holding CUB_200_2011/ (CUB) or annotations/ and train2017/ (COCO); default data/<dataset>.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="partaware", help="Protocol preset: official code, paper text, or official code with its pitfalls fixed.")
     parser.add_argument("--crop", choices=CROPS, default=None, help="Crop rule: official code (~d/2 square), paper (d x d), or dense (token map sampled at the keypoint).")
     parser.add_argument("--feature", action="append", default=None, help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection; default patch_mean and cls (+projection).")

@@ -53,7 +53,6 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -235,7 +234,9 @@ def build_part_database(dataset: str, root, crop: str = "official-code", keypoin
 
     ``split``: CUB None = all images (the retrieval database), "train" / "test" by train_test_split.txt;
     COCO None = train2017 (the retrieval database), "train" = train2017, "test" = val2017, or a split
-    folder name. ``dist_filter`` defaults to "official" for the official-code crop, "none" for the paper's.
+    folder name. ``db.split`` is "all" for the retrieval database of either dataset (COCO's image split
+    is then in ``db.options["image_split"]``), else "train"/"test" (CUB) or the COCO split folder.
+    ``dist_filter`` defaults to "official" for the official-code crop, "none" for the paper's.
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -341,7 +342,11 @@ def _build_coco(root, ids, split, crop, dist_filter, scope, options) -> PartData
             d = float(d)
             items.append(PartItem(str(image.path), crop_box(x, y, d, crop), label_of[part_id],
                                   class_names[label_of[part_id]], image_id, coco_split, (x, y), d, part_id, ann_id))
-    return PartDatabase("coco", Path(root), coco_split, items, class_names, options, [kp.annotation_file])
+    # The whole retrieval database (split None) is called "all" for both datasets, as in the records of the
+    # paper's protocol; for COCO it is the train2017 keypoint file, named in options["image_split"].
+    options["image_split"] = coco_split
+    label = "all" if split in (None, "all") else coco_split
+    return PartDatabase("coco", Path(root), label, items, class_names, options, [kp.annotation_file])
 
 
 def _coco_distances(entries: list[tuple], scope: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from probes.zoo.checkpoint import load_checkpoint
 from probes.zoo.convert import detect_format
 from probes.zoo.errors import CheckpointError, OfflineError, RegistryError
 from probes.zoo.posembed import mae_sincos_pos_embed, mocov3_sincos_pos_embed
+from probes.zoo.registry import Transform
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -69,14 +70,18 @@ def test_bad_feature_requests_are_refused(shared):
 def test_eval_transform_is_the_methods_own(shared, case, fmt, mean, std, interpolation):
     path, arch, _ = golden(shared, case)
     enc = load_encoder(path, format=fmt, arch=arch, device="cpu")
-    assert (enc.mean, enc.std, enc.interpolation, enc.resize, enc.crop_size) == (mean, std, interpolation, 256, 224)
+    # the golden ViTs are built at 64 px, so the method's Resize(256)/CenterCrop(224) is scaled to 73/64
+    assert (enc.mean, enc.std, enc.interpolation, enc.resize, enc.crop_size) == (mean, std, interpolation, 73, 64)
     colour = (200, 100, 50)
     tensor = enc.eval_transform()(Image.new("RGB", (320, 240), colour))
-    assert tensor.shape == (3, 224, 224)
+    assert tensor.shape == (3, 64, 64)
     for c in range(3):
-        assert torch.allclose(tensor[c], torch.full((224, 224), (colour[c] / 255 - mean[c]) / std[c]), atol=1e-5)
-    grey = enc.eval_transform()(Image.new("L", (100, 300), 128))  # converted to RGB, short side to 256
-    assert grey.shape == (3, 224, 224)
+        assert torch.allclose(tensor[c], torch.full((64, 64), (colour[c] / 255 - mean[c]) / std[c]), atol=1e-5)
+    grey = enc.eval_transform()(Image.new("L", (100, 300), 128))  # converted to RGB, short side to 73
+    assert grey.shape == (3, 64, 64)
+    full_size = load_encoder(path, format=fmt, arch=arch, device="cpu",
+                             transform=Transform(mean, std, interpolation, 256, 224))
+    assert (full_size.resize, full_size.crop_size) == (256, 224)   # an explicit transform is kept as given
 
 
 def test_timm_tagged_models_take_their_pretrained_cfg():

@@ -17,7 +17,7 @@ import matplotlib.image
 import nbformat
 
 from analysis import figures, leaderboard
-from probes.results import RunRecord, iter_record_paths
+from probes.results import iter_record_paths
 
 FIGURES = ("object_vs_part", "per_block", "published_vs_reproduced")
 
@@ -27,38 +27,7 @@ def run_demo(tmp_path: Path) -> Path:
 
     results = tmp_path / "results"
     demo(tmp_path / "demo", results, images=20, progress=False)
-    records = [RunRecord.load(p) for p in iter_record_paths(results)]
-    if not any(figures.level(r.probe, r.dataset) == "object" for r in records):
-        _object_level_top_up(tmp_path, results)
-    if not any(r.block is not None for r in records):
-        _per_block_top_up(tmp_path, results)
     return results
-
-
-def _object_level_top_up(tmp_path: Path, results: Path) -> None:
-    from probes.data.synth import synth
-    from probes.object_retrieval import run as object_retrieval
-
-    cifar = synth("cifar10", tmp_path / "cifar10", seed=0)
-    object_retrieval("colorstats", "cifar10", cifar, features=["patch_mean"], knn=False, results=results,
-                     data_source="synthetic", progress=False)
-
-
-def _per_block_top_up(tmp_path: Path, results: Path) -> None:
-    import timm
-    import torch
-
-    from probes.part_retrieval import run as part_retrieval
-
-    torch.manual_seed(0)
-    kwargs = dict(img_size=224, embed_dim=32, depth=3, num_heads=2, num_classes=0, global_pool="token")
-    checkpoint = tmp_path / "untrained_vit.pth"
-    torch.save(timm.create_model("vit_small_patch16_224", pretrained=False, **kwargs).state_dict(), checkpoint)
-    for block in (0, 1, 2, None):
-        part_retrieval(str(checkpoint), "cub", tmp_path / "demo" / "cub", format="timm",
-                       arch={"model": "vit_small_patch16_224", "kwargs": kwargs}, block=block,
-                       features=["patch_mean"], self_match="included", results=results, data_source="synthetic",
-                       progress=False, cache=False)
 
 
 def test_demo_records_to_csv_and_executed_notebook(tmp_path):

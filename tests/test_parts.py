@@ -211,7 +211,8 @@ def test_coco_boxes_match_the_hand_table_per_distance_scope(coco_root, scope):
     db = build_part_database("coco", coco_root, crop="official-code", coco_dist_scope=scope)
     got = [(i.image_id, i.part_id, i.ann_id, tuple(i.box)) for i in db.items]
     assert got == COCO_TABLES[scope]
-    assert db.class_names == ["nose", "right_wrist", "left_ankle"] and db.split == "train2017"
+    assert db.class_names == ["nose", "right_wrist", "left_ankle"] and db.split == "all"
+    assert db.options["image_split"] == "train2017"
     assert db.options["coco_dist_scope"] == scope
 
 

@@ -66,7 +66,7 @@ def test_records_carry_the_protocol(cub_root, tmp_path):
     assert protocol["part_counts"] == db.counts() and protocol["num_items"] == len(db)
     assert record.task == "cub_part_retrieval" and record.split == "all"
     assert set(record.metrics) >= {f"cub_part_retrieval/{m}" for m in ("AP", "mAP", "P@1", "P@5", "P@10")}
-    assert f"cub_part_retrieval/AP[right eye]" in record.metrics
+    assert "cub_part_retrieval/AP[right eye]" in record.metrics
     assert record.published == {}                                           # generated data never compares
     saved = {RunRecord.load(p).run_id: RunRecord.load(p) for p in iter_record_paths(tmp_path / "results")}
     assert saved[record.run_id].protocol == protocol and saved[record.run_id].metrics == record.metrics
@@ -115,9 +115,11 @@ def test_every_cli_option_has_a_help_line():
     assert exit_info.value.code == 0
 
 
-def test_missing_data_root_and_unknown_preset_are_named():
-    with pytest.raises(ValueError, match="data_root is required"):
-        part_retrieval.run("colorstats", "cub", None)
+def test_missing_data_root_and_unknown_preset_are_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist: pass --data-root"):
+        part_retrieval.run("colorstats", "cub", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="does not exist: pass --data-root"):
+        object_retrieval.run("colorstats", "cifar10", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="preset must be one of"):
         part_retrieval.resolve_options("official")
 
@@ -178,9 +180,29 @@ def test_object_retrieval_cifar_and_coco(coco_root, tmp_path):
     assert all(r.protocol["include_self"] is None for r in retrieval)    # queries (test) and gallery (train) differ
     assert all(any("protocol not published" in note for note in r.notes) for r in records)
     assert min(metric(r, "AP") for r in retrieval) > 80.0         # class colours make the planted task easy
-    assert knn[0].task == "cifar10_knn" and metric(knn[0], "top1@k10") > 80.0
+    assert knn[0].task == "cifar10_knn" and metric(knn[0], "top1_k10") > 80.0
+    assert metric(knn[0], "top1") == metric(knn[0], "top1_k20") and knn[0].protocol["k"] == 20
     coco = object_retrieval.run("colorstats", "coco", coco_root, features=["cls"], write=False,
                                 data_source="synthetic", progress=False)
     modes = sorted(str(r.protocol.get("include_self")) for r in coco if r.probe == "object_retrieval")
     assert modes == ["False", "True"]
     assert coco[0].protocol["object_crop"] == "square" and coco[0].task == "coco_object_retrieval"
+
+
+@pytest.mark.parametrize("dataset, value", [("cub", 48.9), ("coco", 51.8)])
+def test_partaware_protocol_meets_the_published_comparison_rules(dataset, value, cub_root, coco_root):
+    """The protocol this script records for the official pipeline is what probes.published calls the paper's."""
+    from probes.published import lookup
+
+    db = build_part_database(dataset, cub_root if dataset == "cub" else coco_root)
+    def protocol(preset, mode):
+        options = part_retrieval.resolve_options(preset)
+        return part_retrieval._protocol(preset, options, db, dataset, mode, 224, (0.485, 0.456, 0.406),
+                                        (0.229, 0.224, 0.225), "fp32", "official", None)
+    task = f"{dataset}_part_retrieval"
+    paper = lookup(task=task, model="dino", feature="patch_mean", protocol=protocol("partaware", "included"),
+                   split=db.split)
+    assert paper.values == {"AP": value}
+    clean = lookup(task=task, model="dino", feature="patch_mean", protocol=protocol("clean", "excluded"),
+                   split=db.split)
+    assert clean.values == {} and any("include_self" in reason for reason in clean.reasons)
