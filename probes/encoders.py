@@ -60,6 +60,36 @@ class Encoder:
         self.interpolation, self.resize, self.crop_size = transform.interpolation, transform.resize, transform.crop
         self.has_projection = projection is not None
         self.has_projection_patch = hasattr(projection, "forward_patches")
+        self.token_shuffle = False
+        self._shuffle_hook = None
+
+    def shuffle_patch_tokens(self, enabled: bool = True, seed: int = 0) -> "Encoder":
+        """Permute each image's patch tokens at random before the position embedding is added.
+
+        This reproduces a bug of the official part-aware code's MAE path (protocols.md §8.4):
+        ``random_masking(x, 0.)`` keeps every token but shuffles them, so the sin-cos position embeddings
+        land on scrambled patches. The published MAE numbers of Table 3 were computed that way; the option
+        exists to reproduce them (``mae_token_shuffle``) and is off unless asked for. The permutations come
+        from a generator seeded here, so a run is repeatable.
+        """
+        if self._shuffle_hook is not None:
+            self._shuffle_hook.remove()
+            self._shuffle_hook = None
+        self.token_shuffle = bool(enabled)
+        if not enabled:
+            return self
+        if self.kind != "vit":
+            raise ValueError(f"{self.name}: patch-token shuffling applies to ViTs, not to a {self.kind}")
+        generator = torch.Generator().manual_seed(seed)
+
+        def shuffle(module, inputs, tokens):
+            if tokens.dim() != 3:
+                raise ValueError(f"{self.name}: expected [B, N, D] patch tokens to shuffle, got {tuple(tokens.shape)}")
+            order = torch.rand(tokens.shape[:2], generator=generator).argsort(dim=1).to(tokens.device)
+            return tokens.gather(1, order[..., None].expand_as(tokens))
+
+        self._shuffle_hook = self.model.patch_embed.register_forward_hook(shuffle)
+        return self
 
     def __repr__(self) -> str:
         return f"Encoder({self.name!r}, {self.arch.describe()}, format={self.format!r}, device={self.device})"

@@ -177,3 +177,22 @@ def test_cuda_bf16_autocast_stays_close_to_cpu_fp32(shared):
     out = gpu.features(x, "tokens")
     assert out.dtype == torch.float32 and out.device.type == "cpu"
     assert (out - cpu).abs().max() < 0.1
+
+
+def test_mae_token_shuffle_reproduces_the_official_bug_and_switches_off(shared):
+    """protocols.md §8.4: patch tokens permuted per image before the position embedding, nothing else."""
+    path, arch, x = golden(shared, "mae_encoder")
+    expected = torch.load(path.parent / "expected.pt", weights_only=True)["tokens"]
+    enc = load_encoder(path, format="mae", arch=arch, device="cpu")
+    shuffled = enc.shuffle_patch_tokens(True, seed=3).features(x, "tokens")
+    enc.shuffle_patch_tokens(False)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # the reference, written out: permute, then timm's own pos-embed and blocks
+        m = enc.model
+        patches = m.patch_embed(x)
+        order = torch.rand(patches.shape[:2], generator=generator).argsort(dim=1)
+        patches = patches.gather(1, order[..., None].expand_as(patches))
+        reference = m.norm(m.blocks(m.norm_pre(m._pos_embed(patches))))
+    assert torch.allclose(shuffled, reference, atol=1e-6)
+    assert (shuffled - expected).abs().max() > 0.1                  # it changes the features ...
+    assert (enc.features(x, "tokens") - expected).abs().max() <= 1e-5  # ... and off restores the original
