@@ -30,10 +30,10 @@ import torch
 from probes import paths
 from probes.features import cached_extraction
 from probes.heads import ATTENTIVE_HEADS, BN_EVAL_MODES, build_head
-from probes.linear_probe import (Task, add_common_arguments, build_task, fmt, parse_arch, print_table,
-                                 recipe_protocol)
+from probes.linear_probe import (Task, add_common_arguments, fmt, load_encoder_and_task, parse_arch, print_table,
+                                 recipe_protocol, recipe_with_overrides)
 from probes.results import make_record, write_record
-from probes.train import EncoderSource, TensorSource, default_device, precision_name, resolve_recipe, train_probe
+from probes.train import EncoderSource, TensorSource, precision_name, train_probe
 
 TOKEN_SETS = ("all", "patch")
 DEFAULT_TOKENS = {"partaware": "all", "cae": "all", "vjepa": "all", "capi": "patch"}
@@ -119,19 +119,12 @@ def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset:
         raise ValueError("give --lr (absolute) or --base-lr (scaled by batch/256), not both")
     if token_cache_gb < 0:
         raise ValueError(f"token cache budget must be >= 0 GiB, got {token_cache_gb}")
-    overrides = dict(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, base_lr=base_lr,
-                     warmup_epochs=warmup_epochs)
-    if lr is not None:
-        overrides.update(base_lr=lr, lr_scaling="none")
-    recipe = resolve_recipe(preset, "attentive", **overrides)
-    run_device = default_device(device)
-    model_name = model
-    if encoder is None:
-        from probes.encoders import load_encoder
-        encoder = load_encoder(model, format=format, arch=arch, device=str(run_device))
+    recipe = recipe_with_overrides(preset, "attentive", epochs=epochs, batch_size=batch_size,
+                                   eval_batch_size=eval_batch_size, lr=lr, base_lr=base_lr, warmup_epochs=warmup_epochs)
+    run_device, encoder, task = load_encoder_and_task(model, dataset, data_root, encoder, format=format, arch=arch,
+                                                      device=device, crop=crop, normalize=normalize,
+                                                      coco_dist_scope=coco_dist_scope, keypoints=keypoints)
     info = encoder.info()
-    task = build_task(dataset, data_root, encoder, crop=crop, normalize=normalize, coco_dist_scope=coco_dist_scope,
-                      keypoints=keypoints)
 
     # Size of the cached maps, from one sample's token count.
     sample = token_batch(encoder, task.eval[0][0][None], block)
@@ -173,7 +166,7 @@ def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset:
         return out
     selection = result.selection()
     out["attentive"] = selection
-    config = {"script": "attentive_probe", "model": model_name or info["name"], "dataset": dataset,
+    config = {"script": "attentive_probe", "model": model or info["name"], "dataset": dataset,
               "data_root": str(data_root), "head": head, "preset": preset, "block": block, "tokens": tokens,
               "bn_eval": bn_eval, "num_heads": num_heads, "recipe": recipe.to_dict(), "seed": seed,
               "device": str(run_device), "crop": crop, "keypoints": keypoints,

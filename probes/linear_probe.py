@@ -45,7 +45,8 @@ from probes import paths
 from probes.features import extract_features
 from probes.heads import LINEAR_HEADS, build_head
 from probes.results import make_record, write_record
-from probes.train import (PRESETS, TensorSource, default_device, precision_name, resolve_recipe, train_probe)
+from probes.train import (PRESETS, Recipe, TensorSource, default_device, precision_name, resolve_recipe,
+                          train_probe)
 
 DATASETS = ("cub", "coco", "cifar10", "imagenet", "folder")
 PART_DATASETS = ("cub", "coco")
@@ -188,6 +189,32 @@ def build_task(dataset: str, data_root, encoder, *, crop: str = "official-code",
                 list(train.classes), "val", protocol, identity)
 
 
+def load_encoder_and_task(model: str, dataset: str, data_root, encoder=None, *, format: str | None = None, arch=None,
+                          device: str | None = None, crop: str = "official-code", normalize: str | None = None,
+                          coco_dist_scope: str = "code_exact",
+                          keypoints: str = "paper") -> tuple[torch.device, Any, Task]:
+    """(torch device, encoder, task) of a probe run; ``encoder``, when given, is used instead of loading ``model``."""
+    run_device = default_device(device)
+    if encoder is None:
+        from probes.encoders import load_encoder
+        encoder = load_encoder(model, format=format, arch=arch, device=str(run_device))
+    task = build_task(dataset, data_root, encoder, crop=crop, normalize=normalize, coco_dist_scope=coco_dist_scope,
+                      keypoints=keypoints)
+    return run_device, encoder, task
+
+
+def recipe_with_overrides(preset: str, head_family: str, *, epochs: int | None = None, batch_size: int | None = None,
+                          eval_batch_size: int | None = None, lr: float | None = None, base_lr: float | None = None,
+                          warmup_epochs: float | None = None) -> Recipe:
+    """The preset's recipe with the command line's overrides (None keeps the preset's value). ``lr`` is an
+    absolute learning rate, so it turns the preset's batch/256 scaling off; ``base_lr`` keeps the scaling."""
+    overrides = dict(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, base_lr=base_lr,
+                     warmup_epochs=warmup_epochs)
+    if lr is not None:
+        overrides.update(base_lr=lr, lr_scaling="none")
+    return resolve_recipe(preset, head_family, **overrides)
+
+
 def vector_features(encoder, task: Task, feature: str, block: int | None, batch_size: int, num_workers: int,
                     progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, eval) feature matrices [N, D] of ``task``, cached on disk by probes.features."""
@@ -256,19 +283,12 @@ def run(model: str, dataset: str, data_root, *, head: str = "linear", preset: st
         raise ValueError("give --lr (absolute) or --base-lr (scaled by batch/256), not both")
     if knn and knn_k not in knn_ks:
         raise ValueError(f"the reported kNN k={knn_k} must be one of the evaluated ks {list(knn_ks)}")
-    overrides = dict(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, base_lr=base_lr,
-                     warmup_epochs=warmup_epochs)
-    if lr is not None:
-        overrides.update(base_lr=lr, lr_scaling="none")
-    recipe = resolve_recipe(preset, "linear", **overrides)
-    run_device = default_device(device)
-    model_name = model
-    if encoder is None:
-        from probes.encoders import load_encoder
-        encoder = load_encoder(model, format=format, arch=arch, device=str(run_device))
+    recipe = recipe_with_overrides(preset, "linear", epochs=epochs, batch_size=batch_size,
+                                   eval_batch_size=eval_batch_size, lr=lr, base_lr=base_lr, warmup_epochs=warmup_epochs)
+    run_device, encoder, task = load_encoder_and_task(model, dataset, data_root, encoder, format=format, arch=arch,
+                                                      device=device, crop=crop, normalize=normalize,
+                                                      coco_dist_scope=coco_dist_scope, keypoints=keypoints)
     info = encoder.info()
-    task = build_task(dataset, data_root, encoder, crop=crop, normalize=normalize, coco_dist_scope=coco_dist_scope,
-                      keypoints=keypoints)
     train_x, eval_x = vector_features(encoder, task, feature, block, extract_batch_size, num_workers, progress)
     data_protocol = {**task.protocol, **({"data_source": data_source} if data_source else {})}
 
@@ -283,7 +303,7 @@ def run(model: str, dataset: str, data_root, *, head: str = "linear", preset: st
     out: dict[str, Any] = {"history": result.history, "records": [], "linear": None, "knn": None,
                            "resumed_from_epoch": result.resumed_from_epoch}
     results_dir = Path(results) if results is not None else paths.results_dir()
-    config = {"script": "linear_probe", "model": model_name or info["name"], "dataset": dataset,
+    config = {"script": "linear_probe", "model": model or info["name"], "dataset": dataset,
               "data_root": str(data_root), "head": head, "preset": preset, "feature": feature, "block": block,
               "recipe": recipe.to_dict(), "seed": seed, "device": str(run_device), "crop": crop,
               "keypoints": keypoints, "normalize": task.protocol.get("normalize"), "coco_dist_scope": coco_dist_scope,

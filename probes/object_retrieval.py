@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from probes import parts
+from probes.cli import add_model_options, add_run_options, parse_arch
 from probes.features import extract_features
 from probes.metrics import knn_classify, retrieval_metrics
 from probes.paths import results_dir
@@ -311,10 +312,7 @@ def print_table(model: str, dataset: str, rows: list, ks=KS) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="dino", help="Encoder: registry name or alias, timm:<name>, or a checkpoint file.")
-    parser.add_argument("--format", default=None, help="Container format of a checkpoint file (e.g. dino_full); detected when omitted.")
-    parser.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (e.g. vit_base_patch16_224).")
-    parser.add_argument("--arch-kwargs", default=None, help="JSON kwargs for the architecture, e.g. '{\"img_size\": 448}'.")
+    add_model_options(parser)
     parser.add_argument("--dataset", choices=DATASETS, default="cifar10", help="CIFAR-10 (test vs train) or COCO object crops.")
     parser.add_argument("--data-root", default=None, help="Folder holding cifar-10-batches-py/ (CIFAR-10) or annotations/ and the split folders (COCO); default data/<dataset>.")
     parser.add_argument("--feature", action="append", default=None, help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection; default patch_mean and cls.")
@@ -328,18 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-per-class", type=int, default=None, help="Keep only the first N items of each class (quick runs; recorded).")
     parser.add_argument("--input-size", type=int, default=None, help="Side the crops are resized to (default: the encoder's input size, 224 for real models).")
     parser.add_argument("--no-knn", action="store_true", help="Skip the kNN classification records.")
-    parser.add_argument("--batch-size", type=int, default=64, help="Images per encoder forward pass.")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding and cropping.")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
-    parser.add_argument("--results", default=None, help="Folder for result records (default: $PARTPROBE_RESULTS or ~/.cache/partprobe/results).")
-    parser.add_argument("--no-cache", action="store_true", help="Do not read or write the on-disk feature cache.")
+    add_run_options(parser)
     parser.add_argument("--data-source", choices=("official", "synthetic"), default="official", help="Mark records of generated data.")
     parser.add_argument("--seed", type=int, default=0, help="Seed recorded with the run.")
     return parser
 
 
 def main(argv=None) -> None:
-    from probes.part_retrieval import parse_arch
     args = build_parser().parse_args(argv)
     run(args.model, args.dataset, args.data_root, features=args.feature, block=args.block, self_match=args.self_match,
         normalize=args.normalize, split=args.split, gallery_split=args.gallery_split, object_crop_rule=args.object_crop,

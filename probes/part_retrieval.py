@@ -27,11 +27,11 @@ if __name__ == "__main__" and not __package__:  # run as a file from a checkout
     sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from probes import parts
+from probes.cli import add_model_options, add_run_options, parse_arch
 from probes.features import extract_dense_features, extract_features
 from probes.metrics import retrieval_metrics
 from probes.paths import results_dir
@@ -246,23 +246,10 @@ def print_table(model: str, dataset: str, rows: list, ks=KS) -> None:
               + "".join(f"{metrics[f'P@{k}']:>7.2f}" for k in ks))
 
 
-def parse_arch(arch: str | None, arch_kwargs: str | None):
-    if arch_kwargs is None:
-        return arch
-    try:
-        kwargs = json.loads(arch_kwargs)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--arch-kwargs: not valid JSON ({err}); expected e.g. '{{\"img_size\": 448}}'")
-    return {"model": arch, "kwargs": kwargs} if arch else {"kwargs": kwargs}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="dino", help="Encoder: registry name or alias, timm:<name>, or a checkpoint file.")
-    parser.add_argument("--format", default=None, help="Container format of a checkpoint file (e.g. dino_full); detected when omitted.")
-    parser.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (e.g. vit_base_patch16_224).")
-    parser.add_argument("--arch-kwargs", default=None, help="JSON kwargs for the architecture, e.g. '{\"img_size\": 448}'.")
+    add_model_options(parser)
     parser.add_argument("--dataset", choices=parts.DATASETS, default="cub", help="Part database: CUB-200-2011 or COCO person keypoints.")
     parser.add_argument("--data-root", default=None, help="Folder holding CUB_200_2011/ (CUB) or annotations/ and train2017/ (COCO); default data/<dataset>.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="partaware", help="Protocol preset: official code, paper text, or official code with its pitfalls fixed.")
@@ -279,11 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dist-filter", choices=parts.DIST_FILTERS, default=None, help="Keep only 40 < d < 2000 px (official) or every keypoint with a neighbour (none).")
     parser.add_argument("--split", default=None, help="CUB train/test or COCO split; default: the whole retrieval database.")
     parser.add_argument("--input-size", type=int, default=None, help="Side the crops are resized to (default: the encoder's input size, 224 for real models).")
-    parser.add_argument("--batch-size", type=int, default=64, help="Images per encoder forward pass.")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding and cropping.")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
-    parser.add_argument("--results", default=None, help="Folder for result records (default: $PARTPROBE_RESULTS or ~/.cache/partprobe/results).")
-    parser.add_argument("--no-cache", action="store_true", help="Do not read or write the on-disk feature cache.")
+    add_run_options(parser)
     parser.add_argument("--boxes", default=None, help="Write every crop box, keypoint and distance to this JSON file for audit.")
     parser.add_argument("--grid", default=None, help="Write a retrieval-grid figure (queries and their top-k patches) to this PNG.")
     parser.add_argument("--grid-queries", type=int, default=6, help="Queries shown in the grid figure.")

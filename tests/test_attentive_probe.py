@@ -2,36 +2,13 @@
 preset, the recorded protocol, and a golden checkpoint through run()."""
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch
 
 from probes.attentive_probe import main, resolve_num_heads, run
 from probes.data.synth import synth
-from probes.encoders import load_encoder
 from probes.results import RunRecord
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny heads run faster on one intra-op thread, and much faster on a CI machine shared by other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cub_root(tmp_path_factory):
-    return synth("cub", tmp_path_factory.mktemp("cub"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def colorstats():
-    encoder = load_encoder("colorstats")
-    encoder.crop_size, encoder.resize = 64, 73      # 4 x 4 patches + CLS: 17 tokens of 63 values
-    return encoder
+pytestmark = pytest.mark.usefixtures("one_thread")     # the fixture is in conftest.py
 
 
 def test_planted_parts_with_the_partaware_head(cub_root, colorstats, tmp_path):
@@ -99,17 +76,10 @@ def test_bad_options_are_rejected(cub_root, colorstats):
                                                                      "D not divisible by 64)")
 
 
-def test_golden_checkpoint_runs_through_run(shared, tmp_path):
+def test_golden_checkpoint_runs_through_run(dino_golden, tmp_path):
     """The tiny DINO golden (random weights, 4 heads, 64-px input) through the attentive probe."""
-    from probes.zoo.registry import IMAGENET, Transform
-
-    case = shared / "golden" / "dino_vit_full"
-    meta = json.loads((case / "meta.json").read_text())
-    target = meta["timm_target"]["this_golden"]
+    case, meta, encoder = dino_golden
     img = meta["architecture"]["img_size"]
-    encoder = load_encoder(case / "checkpoint.pth", format="dino_full", device="cpu",
-                           arch={"model": target["create_model"], "kwargs": target["kwargs"]},
-                           transform=Transform(IMAGENET.mean, IMAGENET.std, "bicubic", round(img * 256 / 224), img))
     root = synth("cub", tmp_path / "cub", seed=1, images=12)
     out = run(str(case / "checkpoint.pth"), "cub", root, encoder=encoder, epochs=2, batch_size=8, results=tmp_path,
               data_source="synthetic", progress=False)

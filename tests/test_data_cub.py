@@ -23,11 +23,6 @@ PAPER_PARTS = [11, 12, 9, 14]   # right eye, right leg, left wing, tail (1-based
 
 
 @pytest.fixture(scope="module")
-def cub_root(tmp_path_factory):
-    return synth("cub", tmp_path_factory.mktemp("cub"), seed=0)
-
-
-@pytest.fixture(scope="module")
 def cub(cub_root):
     return CUB200(cub_root)
 

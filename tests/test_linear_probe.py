@@ -2,8 +2,6 @@
 image-classification tasks, the CLI, resumption, and a golden checkpoint through run()."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -14,28 +12,7 @@ from probes.linear_probe import build_task, main, parse_arch, run, vector_featur
 from probes.results import RunRecord
 from probes.train import TensorSource, resolve_recipe, train_probe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny heads run faster on one intra-op thread, and much faster on a CI machine shared by other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cub_root(tmp_path_factory):
-    return synth("cub", tmp_path_factory.mktemp("cub"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def colorstats():
-    """The colour-statistics baseline at 64 px input (resize 73): the probes size every transform from the
-    encoder's crop_size, and 64 px keeps feature extraction 20x cheaper than 224 on a 2-core CI machine."""
-    encoder = load_encoder("colorstats")
-    encoder.crop_size, encoder.resize = 64, 73
-    return encoder
+pytestmark = pytest.mark.usefixtures("one_thread")     # the fixture is in conftest.py
 
 
 def test_planted_parts_are_classified_and_recorded(cub_root, colorstats, tmp_path):
@@ -162,17 +139,9 @@ def test_bad_options_are_rejected(cub_root, colorstats, tmp_path):
         parse_arch("{oops")
 
 
-def test_golden_checkpoint_runs_through_run(shared, tmp_path):
+def test_golden_checkpoint_runs_through_run(dino_golden, tmp_path):
     """The tiny DINO golden (random weights) through the whole linear probe: sizes follow its 64-px input."""
-    from probes.zoo.registry import IMAGENET, Transform
-
-    case = shared / "golden" / "dino_vit_full"
-    meta = json.loads((case / "meta.json").read_text())
-    target = meta["timm_target"]["this_golden"]
-    img = meta["architecture"]["img_size"]
-    encoder = load_encoder(case / "checkpoint.pth", format="dino_full", device="cpu",
-                           arch={"model": target["create_model"], "kwargs": target["kwargs"]},
-                           transform=Transform(IMAGENET.mean, IMAGENET.std, "bicubic", round(img * 256 / 224), img))
+    case, meta, encoder = dino_golden
     root = synth("cub", tmp_path / "cub", seed=1, images=12)
     out = run(str(case / "checkpoint.pth"), "cub", root, encoder=encoder, epochs=2, batch_size=8, results=tmp_path,
               data_source="synthetic", progress=False)

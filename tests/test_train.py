@@ -11,14 +11,7 @@ from probes.heads import build_head
 from probes.train import (LARS, PRESETS, TensorSource, best_and_last, lr_schedule, make_batches, resolve_recipe,
                           train_probe, wd_schedule)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny heads run faster on one intra-op thread, and much faster on a CI machine shared by other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # the fixture is in conftest.py
 
 
 def test_learning_rate_scales_with_batch_over_256():

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from probes.data.errors import DatasetFormatError
-from probes.data.labelmaps import open_image, read_label_png
+from probes.data.labelmaps import checked_label_maps, open_image, read_label_png
 from probes.data.records import require_dir, require_file
 from probes.data.report import add_problem, new_report
 
@@ -500,24 +500,9 @@ def check_scene_parsing(root: str | os.PathLike, name: str = "ade20k") -> dict:
     report = new_report(name, root)
     histogram = np.zeros(NUM_CLASSES_150 + 1, dtype=np.int64)
     names = ["other"] + class_lists()["ade150_mmseg"]
-    for split in SPLITS:
-        try:
-            dataset = ADE20KSceneParsing(root, split)
-        except DatasetFormatError as error:
-            add_problem(report, error)
-            continue
-        report["counts"][f"{split} images"] = len(dataset)
-        for index, sample in enumerate(dataset.samples):
-            try:
-                labels = dataset.label(index)
-            except DatasetFormatError as error:
-                add_problem(report, error)
-                continue
-            with Image.open(sample.image_path) as image:        # reads the header only
-                if image.size != labels.shape[::-1]:
-                    add_problem(report, f"{sample.annotation_path}: {labels.shape[1]}x{labels.shape[0]} label map "
-                                        f"for a {image.size[0]}x{image.size[1]} image")
-            histogram += np.bincount(labels.ravel(), minlength=NUM_CLASSES_150 + 1)
+    for labels in checked_label_maps(report, SPLITS, lambda split: ADE20KSceneParsing(root, split),
+                                     ADE20KSceneParsing.label, lambda sample: sample.annotation_path):
+        histogram += np.bincount(labels.ravel(), minlength=NUM_CLASSES_150 + 1)
     report["class_histogram"] = {f"{v} {names[v]}": int(n) for v, n in enumerate(histogram) if n}
     return report
 

@@ -49,13 +49,13 @@ from probes.data.ade20k import (
 from probes.data.errors import DatasetFormatError
 from probes.data.labelmaps import (
     mask_bbox,
+    ov_parts_part_maps,
     present_labels,
     read_json,
     read_label_png,
     rle_encode,
     write_png,
 )
-from probes.data.records import require_dir
 from probes.data.report import add_problem, new_report
 from probes.fileio import write_bytes_atomic, write_json_atomic
 
@@ -141,22 +141,13 @@ class ADE20KPart234:
     def __init__(self, root: str | os.PathLike, split: str = "training"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        root = Path(root)
-        if (root / FOLDER).is_dir():
-            root = root / FOLDER
+        root, pairs = ov_parts_part_maps(root, FOLDER, split)
         self.root, self.split = root, split
         lists = class_lists()
         self.part_names, self.object_names = lists["ade234_part"], lists["ade234_obj"]
-        image_dir = require_dir(root / "images" / split, f"{FOLDER}/images/{split}/")
-        part_dir = require_dir(root / "annotations_detectron2_part" / split,
-                               f"{FOLDER}/annotations_detectron2_part/{split}/")
         object_dir = root / "annotations_detectron2_obj" / split
         self.samples = []
-        for image_path in sorted(image_dir.glob("*.jpg")):
-            part_path = part_dir / f"{image_path.stem}.png"
-            if not part_path.is_file():
-                raise DatasetFormatError(part_path, f"part map missing for {image_path.name}",
-                                         expected="annotations_detectron2_part/<split>/<stem>.png per image")
+        for image_path, part_path in pairs:
             object_path = object_dir / f"{image_path.stem}.png"
             self.samples.append(Part234Sample(image_path.stem, image_path, part_path,
                                               object_path if object_path.is_file() else None))

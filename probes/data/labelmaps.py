@@ -1,7 +1,9 @@
 """Label-map images and small JSON files: read with errors that name the file, write atomically.
 
-Shared by the segmentation datasets (ADE20K, ADE20K-Part-234, Pascal-Part, LIP). COCO-style instance masks
-are written as uncompressed RLE (`counts` a list of run lengths), which pycocotools and detectron2 accept.
+Shared by the segmentation datasets (ADE20K, ADE20K-Part-234, Pascal-Part, LIP, the mmseg layouts), as are
+the walk over every label map that their `check` reports are built from and the OV-PARTS image/part-map
+layout. COCO-style instance masks are written as uncompressed RLE (`counts` a list of run lengths), which
+pycocotools and detectron2 accept.
 """
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from probes.data.errors import DatasetFormatError
+from probes.data.records import require_dir
+from probes.data.report import add_problem
 from probes.fileio import write_bytes_atomic
 
 
@@ -93,3 +98,55 @@ def read_json(path: str | os.PathLike, what: str):
             return json.load(handle)
     except json.JSONDecodeError as error:
         raise DatasetFormatError(path, f"invalid JSON: {error.msg}", line=error.lineno, expected=what) from None
+
+
+def checked_label_maps(report: dict, splits: Iterable[str], open_split: Callable[[str], Any],
+                       load_label: Callable[[Any, int], np.ndarray],
+                       label_path: Callable[[Any], Path]) -> Iterator[np.ndarray]:
+    """The label map of every sample of every split, for a dataset's `check` to count.
+
+    A split that does not open and a label map that does not decode are added to `report` as problems and
+    skipped; a label map whose size differs from its image's is a problem too, but still yielded. Each
+    split's image count goes into ``report["counts"]``. Only the images' headers are read.
+    """
+    for split in splits:
+        try:
+            dataset = open_split(split)
+        except DatasetFormatError as error:
+            add_problem(report, error)
+            continue
+        report["counts"][f"{split} images"] = len(dataset)
+        for index, sample in enumerate(dataset.samples):
+            try:
+                labels = load_label(dataset, index)
+            except DatasetFormatError as error:
+                add_problem(report, error)
+                continue
+            with Image.open(sample.image_path) as image:
+                if image.size != labels.shape[::-1]:
+                    add_problem(report, f"{label_path(sample)}: {labels.shape[1]}x{labels.shape[0]} label map for a "
+                                        f"{image.size[0]}x{image.size[1]} image")
+            yield labels
+
+
+def ov_parts_part_maps(root: str | os.PathLike, folder: str, split: str) -> tuple[Path, list[tuple[Path, Path]]]:
+    """OV-PARTS' layout (ADE20KPart234/, PascalPart116/): ``images/<split>/<stem>.jpg`` with one part map
+    ``annotations_detectron2_part/<split>/<stem>.png`` each.
+
+    `root` is the `folder` itself or a folder holding it. Returns that folder and every (image, part map)
+    pair in file-name order; an image without its part map is an error.
+    """
+    root = Path(root)
+    if (root / folder).is_dir():
+        root = root / folder
+    image_dir = require_dir(root / "images" / split, f"{folder}/images/{split}/")
+    part_dir = require_dir(root / "annotations_detectron2_part" / split,
+                           f"{folder}/annotations_detectron2_part/{split}/")
+    pairs = []
+    for image_path in sorted(image_dir.glob("*.jpg")):
+        part_path = part_dir / f"{image_path.stem}.png"
+        if not part_path.is_file():
+            raise DatasetFormatError(part_path, f"part map missing for {image_path.name}",
+                                     expected="annotations_detectron2_part/<split>/<stem>.png per image")
+        pairs.append((image_path, part_path))
+    return root, pairs

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from probes.data.errors import DatasetFormatError
-from probes.data.labelmaps import read_label_png
-from probes.data.report import add_problem, new_report
+from probes.data.labelmaps import checked_label_maps, read_label_png
+from probes.data.report import new_report
 
 LABELS = ("Background", "Hat", "Hair", "Glove", "Sunglasses", "UpperClothes", "Dress", "Coat", "Socks", "Pants",
           "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe",
@@ -146,26 +146,10 @@ def prepare(root: str | os.PathLike, name: str = "lip", source=None) -> Path:
 
 
 def check(root: str | os.PathLike, name: str = "lip") -> dict:
-    from PIL import Image
     report = new_report(name, root)
     histogram = np.zeros(NUM_LABELS, dtype=np.int64)
-    for split in SPLITS:
-        try:
-            dataset = LIP(root, split)
-        except DatasetFormatError as error:
-            add_problem(report, error)
-            continue
-        report["counts"][f"{split} images"] = len(dataset)
-        for index, sample in enumerate(dataset.samples):
-            try:
-                labels = dataset.load_label(index)
-            except DatasetFormatError as error:
-                add_problem(report, error)
-                continue
-            with Image.open(sample.image_path) as image:
-                if image.size != labels.shape[::-1]:
-                    add_problem(report, f"{sample.label_path}: {labels.shape[1]}x{labels.shape[0]} label map for a "
-                                        f"{image.size[0]}x{image.size[1]} image")
-            histogram += np.bincount(labels[labels != IGNORE].ravel(), minlength=NUM_LABELS)[:NUM_LABELS]
+    for labels in checked_label_maps(report, SPLITS, lambda split: LIP(root, split), LIP.load_label,
+                                     lambda sample: sample.label_path):
+        histogram += np.bincount(labels[labels != IGNORE].ravel(), minlength=NUM_LABELS)[:NUM_LABELS]
     report["class_histogram"] = {f"{v} {name}": int(n) for v, (name, n) in enumerate(zip(LABELS, histogram))}
     return report

@@ -19,9 +19,9 @@ import numpy as np
 
 from probes.data import lip
 from probes.data.errors import DatasetFormatError
-from probes.data.labelmaps import read_label_png
+from probes.data.labelmaps import checked_label_maps, read_label_png
 from probes.data.records import require_dir
-from probes.data.report import add_problem, new_report
+from probes.data.report import new_report
 
 IGNORE = 255
 DRIVE = "https://drive.google.com/drive/folders/1JSNzbxc9MBpNIhMRP8Vd0FFk7K5hC65q"
@@ -206,29 +206,13 @@ def _place(source: Path, target: Path) -> None:
 
 
 def check(root: str | os.PathLike, name: str) -> dict:
-    from PIL import Image
     report = new_report(name, root)
     layout = preset(name)
     histogram = np.zeros(layout.num_classes + 1, dtype=np.int64)   # last bin: ignored pixels
-    for split in ("train", "val"):
-        try:
-            dataset = MMSegLayout(root, name, split)
-        except DatasetFormatError as error:
-            add_problem(report, error)
-            continue
-        report["counts"][f"{split} images"] = len(dataset)
-        for index, sample in enumerate(dataset.samples):
-            try:
-                labels = dataset.load_label(index)
-            except DatasetFormatError as error:
-                add_problem(report, error)
-                continue
-            with Image.open(sample.image_path) as image:
-                if image.size != labels.shape[::-1]:
-                    add_problem(report, f"{sample.label_path}: {labels.shape[1]}x{labels.shape[0]} label map for a "
-                                        f"{image.size[0]}x{image.size[1]} image")
-            values = np.where(labels == IGNORE, layout.num_classes, labels)
-            histogram += np.bincount(values.ravel(), minlength=layout.num_classes + 1)
+    for labels in checked_label_maps(report, ("train", "val"), lambda split: MMSegLayout(root, name, split),
+                                     MMSegLayout.load_label, lambda sample: sample.label_path):
+        values = np.where(labels == IGNORE, layout.num_classes, labels)
+        histogram += np.bincount(values.ravel(), minlength=layout.num_classes + 1)
     report["counts"]["classes"] = layout.num_classes
     report["counts"]["classes present"] = int((histogram[:-1] > 0).sum())
     report["counts"]["ignored pixels (background)"] = int(histogram[-1])

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from probes.data.ade20k import class_lists
 from probes.data.errors import DatasetFormatError
-from probes.data.labelmaps import open_image, present_labels, read_json, read_label_png, write_png
+from probes.data.labelmaps import (open_image, ov_parts_part_maps, present_labels, read_json, read_label_png,
+                                   write_png)
 from probes.data.records import require_dir, require_file
 from probes.data.report import add_problem, new_report
 from probes.fileio import atomic_path, write_bytes_atomic, write_json_atomic
@@ -431,21 +432,10 @@ class PascalPart116:
     def __init__(self, root: str | os.PathLike, split: str = "train"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        root = Path(root)
-        if (root / FOLDER_116).is_dir():
-            root = root / FOLDER_116
+        root, pairs = ov_parts_part_maps(root, FOLDER_116, split)
         self.root, self.split = root, split
         self.part_names, self.object_names = class_lists()["pp116_part"], class_lists()["pp116_obj"]
-        image_dir = require_dir(root / "images" / split, f"{FOLDER_116}/images/{split}/")
-        part_dir = require_dir(root / "annotations_detectron2_part" / split,
-                               f"{FOLDER_116}/annotations_detectron2_part/{split}/")
-        self.samples = []
-        for image_path in sorted(image_dir.glob("*.jpg")):
-            part_path = part_dir / f"{image_path.stem}.png"
-            if not part_path.is_file():
-                raise DatasetFormatError(part_path, f"part map missing for {image_path.name}",
-                                         expected="annotations_detectron2_part/<split>/<stem>.png per image")
-            self.samples.append(LabelledImage(image_path.stem, image_path, part_path))
+        self.samples = [LabelledImage(image_path.stem, image_path, part_path) for image_path, part_path in pairs]
 
     def __len__(self) -> int:
         return len(self.samples)
