@@ -30,8 +30,10 @@ import torch
 from probes import paths
 from probes.features import cached_extraction
 from probes.heads import ATTENTIVE_HEADS, BN_EVAL_MODES, build_head
-from probes.linear_probe import (Task, add_common_arguments, fmt, load_encoder_and_task, parse_arch, print_table,
-                                 recipe_protocol, recipe_with_overrides)
+from probes.encoders import shuffled_mae_tokens
+from probes.linear_probe import (Task, add_common_arguments, fmt, load_encoder_and_task, mae_shuffle_applies,
+                                 mae_shuffle_protocol, on_off, parse_arch, print_table, recipe_protocol,
+                                 recipe_with_overrides)
 from probes.results import make_record, write_record
 from probes.train import EncoderSource, TensorSource, precision_name, train_probe
 
@@ -89,7 +91,8 @@ def token_maps(encoder, task: Task, block: int | None, batch_size: int, num_work
             return {"tokens": torch.cat([token_batch(encoder, images, block).float() for images, _ in loader])}
 
         key = {"encoder": encoder.info(), "data": task.identity[which], "purpose": "classification",
-               "feature": "tokens", "block": block}
+               "feature": "tokens", "block": block,
+               **({"mae_token_shuffle": True} if getattr(encoder, "token_shuffle", False) else {})}
         out.append(cached_extraction(len(dataset), ["tokens"], compute, cache_key=key, progress=progress,
                                      description=f"{task.dataset} {which} tokens")["tokens"])
     return out[0], out[1]
@@ -104,7 +107,7 @@ def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset:
         normalize: str | None = None, coco_dist_scope: str = "code_exact", token_cache_gb: float = 8.0,
         stream: bool = False, extract_batch_size: int = 64, num_workers: int = 0, format: str | None = None,
         arch=None, encoder=None, data_source: str | None = "official", stop_after_epochs: int | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, mae_token_shuffle: bool | None = None) -> dict[str, Any]:
     """Attentive probe of ``model`` on ``dataset``; writes the record and returns
     ``{"attentive": {...}, "history": [...], "records": [paths], "token_source": "cache" | "stream"}``."""
     started = time.time()
@@ -124,65 +127,68 @@ def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset:
     run_device, encoder, task = load_encoder_and_task(model, dataset, data_root, encoder, format=format, arch=arch,
                                                       device=device, crop=crop, normalize=normalize,
                                                       coco_dist_scope=coco_dist_scope, keypoints=keypoints)
-    info = encoder.info()
+    shuffle = mae_shuffle_applies(mae_token_shuffle, preset, dataset, encoder)
+    with shuffled_mae_tokens(encoder, shuffle, seed=seed):
+        info = encoder.info()
 
-    # Size of the cached maps, from one sample's token count.
-    sample = token_batch(encoder, task.eval[0][0][None], block)
-    num_tokens, dim = sample.shape[1], sample.shape[2]
-    cache_bytes = (len(task.train) + len(task.eval)) * num_tokens * dim * BYTES_PER_VALUE
-    use_stream = stream or cache_bytes > token_cache_gb * 2**30
-    drop = prefix_tokens(encoder) if tokens == "patch" else 0
-    if use_stream:
-        feature = "tokens" if block is None else "block"
-        train_source = EncoderSource(encoder, task.train, feature, task.train_labels, block=block, drop_prefix=drop,
-                                     num_workers=num_workers)
-        eval_source = EncoderSource(encoder, task.eval, feature, task.eval_labels, block=block, drop_prefix=drop,
-                                    num_workers=num_workers)
-    else:
-        train_t, eval_t = token_maps(encoder, task, block, extract_batch_size, num_workers, progress)
-        train_source = TensorSource(train_t[:, drop:], task.train_labels)
-        eval_source = TensorSource(eval_t[:, drop:], task.eval_labels)
+        # Size of the cached maps, from one sample's token count.
+        sample = token_batch(encoder, task.eval[0][0][None], block)
+        num_tokens, dim = sample.shape[1], sample.shape[2]
+        cache_bytes = (len(task.train) + len(task.eval)) * num_tokens * dim * BYTES_PER_VALUE
+        use_stream = stream or cache_bytes > token_cache_gb * 2**30
+        drop = prefix_tokens(encoder) if tokens == "patch" else 0
+        if use_stream:
+            feature = "tokens" if block is None else "block"
+            train_source = EncoderSource(encoder, task.train, feature, task.train_labels, block=block, drop_prefix=drop,
+                                         num_workers=num_workers)
+            eval_source = EncoderSource(encoder, task.eval, feature, task.eval_labels, block=block, drop_prefix=drop,
+                                        num_workers=num_workers)
+        else:
+            train_t, eval_t = token_maps(encoder, task, block, extract_batch_size, num_workers, progress)
+            train_source = TensorSource(train_t[:, drop:], task.train_labels)
+            eval_source = TensorSource(eval_t[:, drop:], task.eval_labels)
 
-    heads, heads_source = resolve_num_heads(head, encoder, dim, num_heads)
-    torch.manual_seed(seed)                      # the head's initialisation
-    probe_head = build_head(head, dim, task.num_classes, num_heads=heads, bn_eval=bn_eval)
-    data_protocol = {**task.protocol, **({"data_source": data_source} if data_source else {})}
-    protocol = {**data_protocol, **recipe_protocol(recipe, head), "attentive_variant": head,
-                "attentive_bn_eval": bn_eval if head in ("partaware", "cae") else "n/a (no batch statistics)",
-                "num_heads": getattr(probe_head, "num_heads", heads) if head == "capi" else heads,
-                "num_heads_source": heads_source, "tokens": tokens, "num_tokens": num_tokens - drop,
-                "precision": precision_name(run_device)}
-    fingerprint = {"probe": "attentive_probe", "encoder": info, "data": task.identity, "block": block,
-                   "protocol": protocol, "seed": seed, "token_source": "stream" if use_stream else "cache"}
-    result = train_probe(probe_head, train_source, eval_source, recipe, num_classes=task.num_classes, seed=seed,
-                         device=run_device, fingerprint=fingerprint, stop_after_epochs=stop_after_epochs,
-                         progress=progress)
-    out: dict[str, Any] = {"history": result.history, "records": [], "attentive": None,
-                           "token_source": "stream" if use_stream else "cache", "token_cache_bytes": cache_bytes,
-                           "resumed_from_epoch": result.resumed_from_epoch}
-    if result.epochs_done < recipe.epochs:
-        print(f"stopped after {result.epochs_done}/{recipe.epochs} epochs; rerun the same command to resume "
-              f"(no record is written for an unfinished run)")
+        heads, heads_source = resolve_num_heads(head, encoder, dim, num_heads)
+        torch.manual_seed(seed)                      # the head's initialisation
+        probe_head = build_head(head, dim, task.num_classes, num_heads=heads, bn_eval=bn_eval)
+        data_protocol = {**task.protocol, **({"data_source": data_source} if data_source else {}),
+                         **mae_shuffle_protocol(encoder, shuffle, seed)}
+        protocol = {**data_protocol, **recipe_protocol(recipe, head), "attentive_variant": head,
+                    "attentive_bn_eval": bn_eval if head in ("partaware", "cae") else "n/a (no batch statistics)",
+                    "num_heads": getattr(probe_head, "num_heads", heads) if head == "capi" else heads,
+                    "num_heads_source": heads_source, "tokens": tokens, "num_tokens": num_tokens - drop,
+                    "precision": precision_name(run_device)}
+        fingerprint = {"probe": "attentive_probe", "encoder": info, "data": task.identity, "block": block,
+                       "protocol": protocol, "seed": seed, "token_source": "stream" if use_stream else "cache"}
+        result = train_probe(probe_head, train_source, eval_source, recipe, num_classes=task.num_classes, seed=seed,
+                             device=run_device, fingerprint=fingerprint, stop_after_epochs=stop_after_epochs,
+                             progress=progress)
+        out: dict[str, Any] = {"history": result.history, "records": [], "attentive": None,
+                               "token_source": "stream" if use_stream else "cache", "token_cache_bytes": cache_bytes,
+                               "resumed_from_epoch": result.resumed_from_epoch}
+        if result.epochs_done < recipe.epochs:
+            print(f"stopped after {result.epochs_done}/{recipe.epochs} epochs; rerun the same command to resume "
+                  f"(no record is written for an unfinished run)")
+            return out
+        selection = result.selection()
+        out["attentive"] = selection
+        config = {"script": "attentive_probe", "model": model or info["name"], "dataset": dataset,
+                  "data_root": str(data_root), "head": head, "preset": preset, "block": block, "tokens": tokens,
+                  "bn_eval": bn_eval, "num_heads": num_heads, "recipe": recipe.to_dict(), "seed": seed,
+                  "device": str(run_device), "crop": crop, "keypoints": keypoints,
+                  "normalize": task.protocol.get("normalize"), "coco_dist_scope": coco_dist_scope,
+                  "token_cache_gb": token_cache_gb, "stream": stream, "token_source": out["token_source"],
+                  "extract_batch_size": extract_batch_size, "num_workers": num_workers, "data_source": data_source}
+        record = make_record(probe="attentive_probe", dataset=task.dataset, split=task.eval_split, encoder_info=info,
+                             feature="tokens", block=block, protocol=protocol, metrics=selection, seed=seed,
+                             wall_time_s=time.time() - started, device=str(run_device),
+                             notes=["top1 per epoch: " + json.dumps([round(h["top1"], 4) for h in result.history])])
+        results_dir = Path(results) if results is not None else paths.results_dir()
+        out["records"].append(write_record(record, results_dir, config=config))
+        print_table([{"model": info["name"], "dataset": task.dataset, "probe": f"attentive ({head}, {preset})",
+                      "top1_best": f"{fmt(selection['top1_best'])} (epoch {selection['best_epoch']})",
+                      "top1_last": fmt(selection["top1_last"])}])
         return out
-    selection = result.selection()
-    out["attentive"] = selection
-    config = {"script": "attentive_probe", "model": model or info["name"], "dataset": dataset,
-              "data_root": str(data_root), "head": head, "preset": preset, "block": block, "tokens": tokens,
-              "bn_eval": bn_eval, "num_heads": num_heads, "recipe": recipe.to_dict(), "seed": seed,
-              "device": str(run_device), "crop": crop, "keypoints": keypoints,
-              "normalize": task.protocol.get("normalize"), "coco_dist_scope": coco_dist_scope,
-              "token_cache_gb": token_cache_gb, "stream": stream, "token_source": out["token_source"],
-              "extract_batch_size": extract_batch_size, "num_workers": num_workers, "data_source": data_source}
-    record = make_record(probe="attentive_probe", dataset=task.dataset, split=task.eval_split, encoder_info=info,
-                         feature="tokens", block=block, protocol=protocol, metrics=selection, seed=seed,
-                         wall_time_s=time.time() - started, device=str(run_device),
-                         notes=["top1 per epoch: " + json.dumps([round(h["top1"], 4) for h in result.history])])
-    results_dir = Path(results) if results is not None else paths.results_dir()
-    out["records"].append(write_record(record, results_dir, config=config))
-    print_table([{"model": info["name"], "dataset": task.dataset, "probe": f"attentive ({head}, {preset})",
-                  "top1_best": f"{fmt(selection['top1_best'])} (epoch {selection['best_epoch']})",
-                  "top1_last": fmt(selection["top1_last"])}])
-    return out
 
 
 def main(argv=None) -> dict:
@@ -208,7 +214,8 @@ def main(argv=None) -> dict:
                normalize=args.normalize, coco_dist_scope=args.coco_dist_scope, token_cache_gb=args.token_cache_gb,
                stream=args.stream, extract_batch_size=args.extract_batch_size, num_workers=args.num_workers,
                format=args.format, arch=parse_arch(args.arch, args.arch_kwargs), data_source=args.data_source,
-               stop_after_epochs=args.stop_after_epochs, progress=not args.quiet)
+               stop_after_epochs=args.stop_after_epochs, progress=not args.quiet,
+               mae_token_shuffle=on_off(args.mae_token_shuffle))
 
 
 if __name__ == "__main__":

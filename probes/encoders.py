@@ -188,6 +188,23 @@ class Encoder:
         return out
 
 
+@contextlib.contextmanager
+def shuffled_mae_tokens(encoder, enabled: bool, seed: int = 0):
+    """Within the block, MAE encoders shuffle their patch tokens as the official part-aware code did.
+
+    Yields whether the option applies: only to MAE checkpoints (``format == "mae"``), the one path of the
+    official code with this bug (protocols.md §7, ``mae_token_shuffle``). The encoder is restored on exit.
+    """
+    applies = bool(enabled) and getattr(encoder, "format", None) == "mae"
+    if applies:
+        encoder.shuffle_patch_tokens(True, seed=seed)
+    try:
+        yield applies
+    finally:
+        if applies:
+            encoder.shuffle_patch_tokens(False)
+
+
 # ------------------------------------------------------------------------------------------ loading
 def default_device(device: str | torch.device | None) -> torch.device:
     if device is not None:

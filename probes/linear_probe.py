@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 
 from probes import paths
+from probes.encoders import shuffled_mae_tokens
 from probes.features import extract_features
 from probes.heads import LINEAR_HEADS, build_head
 from probes.results import make_record, write_record
@@ -203,6 +204,23 @@ def load_encoder_and_task(model: str, dataset: str, data_root, encoder=None, *, 
     return run_device, encoder, task
 
 
+def mae_shuffle_applies(requested: bool | None, preset: str, dataset: str, encoder) -> bool:
+    """Whether this run shuffles MAE patch tokens as the official part-aware code did (protocols.md §8.4).
+
+    Default (``requested`` None): on for the official part classification (preset ``partaware`` on the part
+    crops), off otherwise; it only ever applies to MAE checkpoints.
+    """
+    wanted = (preset == "partaware" and dataset in PART_DATASETS) if requested is None else bool(requested)
+    return wanted and getattr(encoder, "format", None) == "mae"
+
+
+def mae_shuffle_protocol(encoder, shuffle: bool, seed: int) -> dict[str, Any]:
+    """The option as records carry it: for MAE checkpoints only, where it exists."""
+    if getattr(encoder, "format", None) != "mae":
+        return {}
+    return {"mae_token_shuffle": shuffle, "mae_token_shuffle_seed": seed if shuffle else None}
+
+
 def recipe_with_overrides(preset: str, head_family: str, *, epochs: int | None = None, batch_size: int | None = None,
                           eval_batch_size: int | None = None, lr: float | None = None, base_lr: float | None = None,
                           warmup_epochs: float | None = None) -> Recipe:
@@ -220,7 +238,8 @@ def vector_features(encoder, task: Task, feature: str, block: int | None, batch_
     """(train, eval) feature matrices [N, D] of ``task``, cached on disk by probes.features."""
     out = []
     for which, dataset in (("train", task.train), ("eval", task.eval)):
-        key = {"encoder": encoder.info(), "data": task.identity[which], "purpose": "classification"}
+        key = {"encoder": encoder.info(), "data": task.identity[which], "purpose": "classification",
+               **({"mae_token_shuffle": True} if getattr(encoder, "token_shuffle", False) else {})}
         out.append(extract_features(encoder, dataset, [feature], block=block, batch_size=batch_size, cache_key=key,
                                     num_workers=num_workers, progress=progress,
                                     description=f"{task.dataset} {which} {feature}")[feature])
@@ -266,7 +285,7 @@ def run(model: str, dataset: str, data_root, *, head: str = "linear", preset: st
         knn: bool = True, knn_k: int = 20, knn_ks=KNN_KS, knn_temperature: float = 0.07,
         extract_batch_size: int = 64, num_workers: int = 0, format: str | None = None, arch=None,
         encoder=None, data_source: str | None = "official", stop_after_epochs: int | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, mae_token_shuffle: bool | None = None) -> dict[str, Any]:
     """Linear probe (+ kNN) of ``model`` on ``dataset``; writes the records and returns
     ``{"linear": {...}, "knn": {...}, "history": [...], "records": [paths]}`` (metrics in percent).
 
@@ -288,67 +307,70 @@ def run(model: str, dataset: str, data_root, *, head: str = "linear", preset: st
     run_device, encoder, task = load_encoder_and_task(model, dataset, data_root, encoder, format=format, arch=arch,
                                                       device=device, crop=crop, normalize=normalize,
                                                       coco_dist_scope=coco_dist_scope, keypoints=keypoints)
-    info = encoder.info()
-    train_x, eval_x = vector_features(encoder, task, feature, block, extract_batch_size, num_workers, progress)
-    data_protocol = {**task.protocol, **({"data_source": data_source} if data_source else {})}
+    shuffle = mae_shuffle_applies(mae_token_shuffle, preset, dataset, encoder)
+    with shuffled_mae_tokens(encoder, shuffle, seed=seed):
+        info = encoder.info()
+        train_x, eval_x = vector_features(encoder, task, feature, block, extract_batch_size, num_workers, progress)
+        data_protocol = {**task.protocol, **({"data_source": data_source} if data_source else {}),
+                         **mae_shuffle_protocol(encoder, shuffle, seed)}
 
-    torch.manual_seed(seed)                      # the head's initialisation
-    probe_head = build_head(head, train_x.shape[1], task.num_classes)
-    protocol = {**data_protocol, **recipe_protocol(recipe, head), "precision": precision_name(run_device)}
-    fingerprint = {"probe": "linear_probe", "encoder": info, "data": task.identity, "feature": feature, "block": block,
-                   "protocol": protocol, "seed": seed}
-    result = train_probe(probe_head, TensorSource(train_x, task.train_labels), TensorSource(eval_x, task.eval_labels),
-                         recipe, num_classes=task.num_classes, seed=seed, device=run_device, fingerprint=fingerprint,
-                         stop_after_epochs=stop_after_epochs, progress=progress)
-    out: dict[str, Any] = {"history": result.history, "records": [], "linear": None, "knn": None,
-                           "resumed_from_epoch": result.resumed_from_epoch}
-    results_dir = Path(results) if results is not None else paths.results_dir()
-    config = {"script": "linear_probe", "model": model or info["name"], "dataset": dataset,
-              "data_root": str(data_root), "head": head, "preset": preset, "feature": feature, "block": block,
-              "recipe": recipe.to_dict(), "seed": seed, "device": str(run_device), "crop": crop,
-              "keypoints": keypoints, "normalize": task.protocol.get("normalize"), "coco_dist_scope": coco_dist_scope,
-              "extract_batch_size": extract_batch_size, "num_workers": num_workers, "knn": knn, "knn_k": knn_k,
-              "knn_ks": list(knn_ks), "knn_temperature": knn_temperature, "data_source": data_source}
-    rows = []
-    if result.epochs_done < recipe.epochs:
-        print(f"stopped after {result.epochs_done}/{recipe.epochs} epochs; rerun the same command to resume "
-              f"(no record, linear or kNN, is written for an unfinished run)")
-        return out
-    selection = result.selection()
-    out["linear"] = selection
-    record = make_record(probe="linear_probe", dataset=task.dataset, split=task.eval_split, encoder_info=info,
-                         feature=feature, block=block, protocol=protocol, metrics=selection, seed=seed,
-                         wall_time_s=time.time() - started, device=str(run_device),
-                         notes=["top1 per epoch: " + json.dumps([round(h["top1"], 4) for h in result.history])])
-    out["records"].append(write_record(record, results_dir, config=config))
-    rows.append({"model": info["name"], "dataset": task.dataset, "probe": f"linear ({head}, {preset})",
-                 "top1_best": f"{fmt(selection['top1_best'])} (epoch {selection['best_epoch']})",
-                 "top1_last": fmt(selection["top1_last"])})
-
-    if knn:
-        from probes.metrics import knn_classify
-
-        scores = knn_classify(train_x, task.train_labels, eval_x, task.eval_labels, ks=tuple(knn_ks),
-                              temperature=knn_temperature, num_classes=task.num_classes)
-        metrics = {"top1": 100 * scores[knn_k]["top1"], "top5": 100 * scores[knn_k]["top5"]}
-        for k in knn_ks:
-            metrics[f"top1_k{k}"] = 100 * scores[k]["top1"]
-            metrics[f"top5_k{k}"] = 100 * scores[k]["top5"]
-        out["knn"] = metrics
-        knn_protocol = {**data_protocol, "k": knn_k, "ks": list(knn_ks), "temperature": knn_temperature,
-                        "similarity": "cosine (L2-normalised features)", "weighting": "exp(similarity / T)",
-                        "reference": "facebookresearch/dino eval_knn.knn_classifier",
-                        "train_size": len(task.train_labels)}
-        record = make_record(probe="knn", dataset=task.dataset, split=task.eval_split, encoder_info=info,
-                             feature=feature, block=block, protocol=knn_protocol, metrics=metrics, seed=None,
+        torch.manual_seed(seed)                      # the head's initialisation
+        probe_head = build_head(head, train_x.shape[1], task.num_classes)
+        protocol = {**data_protocol, **recipe_protocol(recipe, head), "precision": precision_name(run_device)}
+        fingerprint = {"probe": "linear_probe", "encoder": info, "data": task.identity, "feature": feature, "block": block,
+                       "protocol": protocol, "seed": seed}
+        result = train_probe(probe_head, TensorSource(train_x, task.train_labels), TensorSource(eval_x, task.eval_labels),
+                             recipe, num_classes=task.num_classes, seed=seed, device=run_device, fingerprint=fingerprint,
+                             stop_after_epochs=stop_after_epochs, progress=progress)
+        out: dict[str, Any] = {"history": result.history, "records": [], "linear": None, "knn": None,
+                               "resumed_from_epoch": result.resumed_from_epoch}
+        results_dir = Path(results) if results is not None else paths.results_dir()
+        config = {"script": "linear_probe", "model": model or info["name"], "dataset": dataset,
+                  "data_root": str(data_root), "head": head, "preset": preset, "feature": feature, "block": block,
+                  "recipe": recipe.to_dict(), "seed": seed, "device": str(run_device), "crop": crop,
+                  "keypoints": keypoints, "normalize": task.protocol.get("normalize"), "coco_dist_scope": coco_dist_scope,
+                  "extract_batch_size": extract_batch_size, "num_workers": num_workers, "knn": knn, "knn_k": knn_k,
+                  "knn_ks": list(knn_ks), "knn_temperature": knn_temperature, "data_source": data_source}
+        rows = []
+        if result.epochs_done < recipe.epochs:
+            print(f"stopped after {result.epochs_done}/{recipe.epochs} epochs; rerun the same command to resume "
+                  f"(no record, linear or kNN, is written for an unfinished run)")
+            return out
+        selection = result.selection()
+        out["linear"] = selection
+        record = make_record(probe="linear_probe", dataset=task.dataset, split=task.eval_split, encoder_info=info,
+                             feature=feature, block=block, protocol=protocol, metrics=selection, seed=seed,
                              wall_time_s=time.time() - started, device=str(run_device),
-                             notes=[f"k larger than the {len(task.train_labels)} training items uses all of them"]
-                             if max(knn_ks) > len(task.train_labels) else [])
+                             notes=["top1 per epoch: " + json.dumps([round(h["top1"], 4) for h in result.history])])
         out["records"].append(write_record(record, results_dir, config=config))
-        rows.append({"model": info["name"], "dataset": task.dataset, "probe": f"kNN (k={knn_k}, T={knn_temperature})",
-                     "top1_best": fmt(metrics["top1"]), "top1_last": ""})
-    print_table(rows)
-    return out
+        rows.append({"model": info["name"], "dataset": task.dataset, "probe": f"linear ({head}, {preset})",
+                     "top1_best": f"{fmt(selection['top1_best'])} (epoch {selection['best_epoch']})",
+                     "top1_last": fmt(selection["top1_last"])})
+
+        if knn:
+            from probes.metrics import knn_classify
+
+            scores = knn_classify(train_x, task.train_labels, eval_x, task.eval_labels, ks=tuple(knn_ks),
+                                  temperature=knn_temperature, num_classes=task.num_classes)
+            metrics = {"top1": 100 * scores[knn_k]["top1"], "top5": 100 * scores[knn_k]["top5"]}
+            for k in knn_ks:
+                metrics[f"top1_k{k}"] = 100 * scores[k]["top1"]
+                metrics[f"top5_k{k}"] = 100 * scores[k]["top5"]
+            out["knn"] = metrics
+            knn_protocol = {**data_protocol, "k": knn_k, "ks": list(knn_ks), "temperature": knn_temperature,
+                            "similarity": "cosine (L2-normalised features)", "weighting": "exp(similarity / T)",
+                            "reference": "facebookresearch/dino eval_knn.knn_classifier",
+                            "train_size": len(task.train_labels)}
+            record = make_record(probe="knn", dataset=task.dataset, split=task.eval_split, encoder_info=info,
+                                 feature=feature, block=block, protocol=knn_protocol, metrics=metrics, seed=None,
+                                 wall_time_s=time.time() - started, device=str(run_device),
+                                 notes=[f"k larger than the {len(task.train_labels)} training items uses all of them"]
+                                 if max(knn_ks) > len(task.train_labels) else [])
+            out["records"].append(write_record(record, results_dir, config=config))
+            rows.append({"model": info["name"], "dataset": task.dataset, "probe": f"kNN (k={knn_k}, T={knn_temperature})",
+                         "top1_best": fmt(metrics["top1"]), "top1_last": ""})
+        print_table(rows)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -382,9 +404,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--data-source", default="official", choices=("official", "synthetic"),
                         help="recorded; mark generated data (never compared with the paper's numbers)")
+    parser.add_argument("--mae-token-shuffle", default=None, choices=("on", "off"),
+                        help="MAE checkpoints only: shuffle patch tokens before the position embedding as the "
+                             "official code did (default: on with --preset partaware on part crops, else off)")
     parser.add_argument("--stop-after-epochs", type=int, default=None,
                         help="end this call after N more epochs (training state is kept; rerun to resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def on_off(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
 
 
 def parse_arch(value: str | None, kwargs: str | None = None):
@@ -421,7 +450,8 @@ def main(argv=None) -> dict:
                coco_dist_scope=args.coco_dist_scope, knn=not args.no_knn, knn_k=args.knn_k,
                knn_temperature=args.knn_temperature, extract_batch_size=args.extract_batch_size,
                num_workers=args.num_workers, format=args.format, arch=parse_arch(args.arch, args.arch_kwargs),
-               data_source=args.data_source, stop_after_epochs=args.stop_after_epochs, progress=not args.quiet)
+               data_source=args.data_source, stop_after_epochs=args.stop_after_epochs, progress=not args.quiet,
+               mae_token_shuffle=on_off(args.mae_token_shuffle))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ Presets (protocols.md §7); any explicit option overrides its preset value:
 
 - ``partaware`` (default): the official code. official-code crop (half = round(d/4), 40 < d < 2000),
   self-match included, ImageNet normalisation for every model, patch_mean and cls (plus projection when
-  the checkpoint has a head), COCO distances as the code computes them (``code_exact``).
+  the checkpoint has a head), COCO distances as the code computes them (``code_exact``), and for MAE
+  checkpoints the code's token shuffle before the position embedding (``mae_token_shuffle``, §8.4).
 - ``paper-text``: the paper's wording where it differs: d x d crops, no distance filter, COCO distances
   within the image (``image``).
-- ``clean``: ``partaware`` with its pitfalls fixed: self-matches excluded, COCO distances per person.
+- ``clean``: ``partaware`` with its pitfalls fixed: self-matches excluded, COCO distances per person, no
+  MAE token shuffle.
 
 Crops ``official-code`` and ``paper`` encode each patch as its own image, resized to the encoder's input
 size. ``dense`` (not in the paper) encodes each full image once, resized to the encoder's input size
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from probes import parts
 from probes.cli import add_model_options, add_run_options, parse_arch
+from probes.encoders import shuffled_mae_tokens
 from probes.features import extract_dense_features, extract_features
 from probes.metrics import retrieval_metrics
 from probes.paths import results_dir
@@ -39,10 +42,11 @@ from probes.results import make_record, write_record
 
 PRESETS = {
     "partaware": {"crop": "official-code", "self_match": "included", "normalize": "imagenet",
-                  "coco_dist_scope": "code_exact"},
-    "paper-text": {"crop": "paper", "self_match": "included", "normalize": "imagenet", "coco_dist_scope": "image"},
+                  "coco_dist_scope": "code_exact", "mae_token_shuffle": True},
+    "paper-text": {"crop": "paper", "self_match": "included", "normalize": "imagenet", "coco_dist_scope": "image",
+                   "mae_token_shuffle": True},
     "clean": {"crop": "official-code", "self_match": "excluded", "normalize": "imagenet",
-              "coco_dist_scope": "person"},
+              "coco_dist_scope": "person", "mae_token_shuffle": False},
 }
 CROPS = ("official-code", "paper", "dense")
 SELF_MATCH = ("included", "excluded", "both")
@@ -83,7 +87,8 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
         dist_filter=None, split=None, format=None, arch=None, encoder=None, batch_size: int = 64,
         num_workers: int = 0, device=None, results=None, write: bool = True, grid=None, grid_queries: int = 6,
         grid_k: int = 8, boxes=None, crop_shift: float = 0.0, crop_shift_seed: int = 0, cache: bool = True,
-        data_source: str = "official", progress: bool = True, seed: int = 0, ks=KS, input_size=None) -> list:
+        data_source: str = "official", progress: bool = True, seed: int = 0, ks=KS, input_size=None,
+        mae_token_shuffle=None) -> list:
     """Run part retrieval and return the result records (written to ``results`` unless write=False)."""
     started = time.time()
     data_root = Path(data_root) if data_root is not None else Path("data") / dataset   # the data CLI's default
@@ -94,7 +99,7 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
                          f"python -m probes.data download {dataset} --root {data_root} && "
                          f"python -m probes.data prepare {dataset} --root {data_root}")
     options = resolve_options(preset, crop=crop, self_match=self_match, normalize=normalize,
-                              coco_dist_scope=coco_dist_scope)
+                              coco_dist_scope=coco_dist_scope, mae_token_shuffle=mae_token_shuffle)
 
     # 1. The encoder, and the input transform of the crops: its input size, the chosen normalisation.
     if encoder is None:
@@ -120,22 +125,25 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
     # 3. Features, cached on disk by everything they depend on.
     precision = "bf16-autocast" if getattr(encoder, "device", None) is not None and encoder.device.type == "cuda" \
         else "fp32"
+    shuffle = options["mae_token_shuffle"] and getattr(encoder, "format", None) == "mae"
     cache_key = None if not cache else {
         "encoder": encoder.info(), "input_size": input_size, "transform": transform.describe(),
         "data": db.identity(), "crop": options["crop"], "precision": precision,
+        **({"mae_token_shuffle": True, "shuffle_seed": seed} if shuffle else {}),
     }
-    if options["crop"] == "dense":
-        unknown = [f for f in features if f != "dense_patch"]
-        if unknown:
-            raise ValueError(f"the dense protocol has one feature, dense_patch (the patch-token map at the "
-                             f"keypoint), not {unknown}")
-        vectors = {"dense_patch": extract_dense_features(
-            encoder, db.items, transform, block=block, batch_size=batch_size, cache_key=cache_key,
-            num_workers=num_workers, progress=progress)}
-    else:
-        vectors = extract_features(encoder, parts.PartCropDataset(db, transform), features, block=block,
-                                   batch_size=batch_size, cache_key=cache_key, num_workers=num_workers,
-                                   progress=progress, description=f"{dataset} part features")
+    with shuffled_mae_tokens(encoder, shuffle, seed=seed):
+        if options["crop"] == "dense":
+            unknown = [f for f in features if f != "dense_patch"]
+            if unknown:
+                raise ValueError(f"the dense protocol has one feature, dense_patch (the patch-token map at the "
+                                 f"keypoint), not {unknown}")
+            vectors = {"dense_patch": extract_dense_features(
+                encoder, db.items, transform, block=block, batch_size=batch_size, cache_key=cache_key,
+                num_workers=num_workers, progress=progress)}
+        else:
+            vectors = extract_features(encoder, parts.PartCropDataset(db, transform), features, block=block,
+                                       batch_size=batch_size, cache_key=cache_key, num_workers=num_workers,
+                                       progress=progress, description=f"{dataset} part features")
 
     # 4. Retrieval metrics per feature and self-match mode; one record each.
     modes = ["included", "excluded"] if options["self_match"] == "both" else [options["self_match"]]
@@ -153,6 +161,9 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
             metrics.update({f"AP[{db.class_names[c]}]": 100 * v for c, v in scores["per_class_AP"].items()})
             protocol = _protocol(preset, options, db, dataset, mode, input_size, mean, std, precision, data_source,
                                  block)
+            if getattr(encoder, "format", None) == "mae":     # the option exists for MAE checkpoints only
+                protocol["mae_token_shuffle"] = shuffle
+                protocol["mae_token_shuffle_seed"] = seed if shuffle else None
             notes = ["part-retrieval on generated data: not comparable with the paper"] \
                 if data_source == "synthetic" else []
             if scores["num_queries_without_positives"]:
@@ -263,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keypoints", choices=("paper", "all"), default="paper", help="The paper's 4 CUB / 3 COCO keypoints, or all 15 / 17.")
     parser.add_argument("--normalize", choices=("imagenet", "model"), default=None, help="Input normalisation: ImageNet mean/std for every model (paper) or each model's own.")
     parser.add_argument("--coco-dist-scope", choices=parts.COCO_DIST_SCOPES, default=None, help="COCO distance pool: the official code's (ann id as 3rd coordinate), the whole image, or each person.")
+    parser.add_argument("--mae-token-shuffle", choices=("on", "off"), default=None, help="MAE checkpoints only: shuffle patch tokens before the position embedding, as the official code did (partaware/paper-text: on, clean: off).")
     parser.add_argument("--dist-filter", choices=parts.DIST_FILTERS, default=None, help="Keep only 40 < d < 2000 px (official) or every keypoint with a neighbour (none).")
     parser.add_argument("--split", default=None, help="CUB train/test or COCO split; default: the whole retrieval database.")
     parser.add_argument("--input-size", type=int, default=None, help="Side the crops are resized to (default: the encoder's input size, 224 for real models).")
@@ -286,7 +298,8 @@ def main(argv=None) -> None:
         arch=parse_arch(args.arch, args.arch_kwargs), batch_size=args.batch_size, num_workers=args.num_workers,
         device=args.device, results=args.results, grid=args.grid, grid_queries=args.grid_queries, grid_k=args.grid_k,
         boxes=args.boxes, crop_shift=args.crop_shift, crop_shift_seed=args.crop_shift_seed, cache=not args.no_cache,
-        data_source=args.data_source, seed=args.seed, input_size=args.input_size)
+        data_source=args.data_source, seed=args.seed, input_size=args.input_size,
+        mae_token_shuffle=None if args.mae_token_shuffle is None else args.mae_token_shuffle == "on")
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ _KEYPOINTS = Requirement("keypoints", ("paper",), False, (), "the paper's 4 CUB 
 _NORMALIZE = Requirement("normalize", ("imagenet",), False, (), "ImageNet mean/std for every model (§4.1)")
 _COCO_SCOPE = Requirement("coco_dist_scope", ("code_exact", "person"), False, (),
                           "the official code's distance pool is effectively per person (§4.1)")
-_MAE_SHUFFLE = Requirement("mae_token_shuffle", (True,), False, (),
-                           "the official MAE path shuffled tokens before the position embedding (§8.4)")
+_MAE_SHUFFLE = Requirement("mae_token_shuffle", (True,), True, (),
+                           "the official MAE path shuffled tokens before the position embedding (§8.4); "
+                           "MAE numbers without that shuffle measure another forward pass")
 _DATA = Requirement("data_source", ("official",), False, (), "generated data never compares with the paper")
 _LINEAR_HEAD = Requirement("head", ("linear",), False, (), "Table 3 linear probe: Linear on CLS, no BatchNorm (§4.3)")
 _LINEAR_BN_HEAD = Requirement("head", ("linear-bn",), True, (), "Table 1: the CAE protocol, BatchNorm + Linear (§3.1)")

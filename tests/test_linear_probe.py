@@ -149,3 +149,19 @@ def test_golden_checkpoint_runs_through_run(dino_golden, tmp_path):
     record = RunRecord.load(out["records"][0])
     assert record.checkpoint_sha256 == encoder.info()["checkpoint_sha256"] and record.method
     assert record.protocol["train_transform"].startswith("PIL bicubic Resize(73) + CenterCrop(64)")
+
+
+def test_mae_token_shuffle_defaults_to_the_official_part_classification_only():
+    from types import SimpleNamespace
+
+    from probes.linear_probe import mae_shuffle_applies, mae_shuffle_protocol
+
+    mae, dino = SimpleNamespace(format="mae"), SimpleNamespace(format="dino_full")
+    assert mae_shuffle_applies(None, "partaware", "cub", mae) is True        # Table 3, as the official code ran
+    assert mae_shuffle_applies(None, "partaware", "cifar10", mae) is False   # not part classification
+    assert mae_shuffle_applies(None, "cae-linear", "cub", mae) is False      # not the official recipe
+    assert mae_shuffle_applies(False, "partaware", "cub", mae) is False      # explicit off wins
+    assert mae_shuffle_applies(True, "partaware", "cub", dino) is False      # MAE checkpoints only
+    assert mae_shuffle_protocol(mae, True, 7) == {"mae_token_shuffle": True, "mae_token_shuffle_seed": 7}
+    assert mae_shuffle_protocol(mae, False, 7) == {"mae_token_shuffle": False, "mae_token_shuffle_seed": None}
+    assert mae_shuffle_protocol(dino, False, 7) == {}

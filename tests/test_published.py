@@ -22,8 +22,8 @@ def values(task, model, feature, protocol=OFFICIAL, **kw):
     ("cub_part_retrieval", "cae", "patch_mean", OFFICIAL, "AP", 58.0),
     ("coco_part_retrieval", "deit", "patch_mean", OFFICIAL, "AP", 44.1),
     ("cub_linear_probe", "beit", "cls", {"crop": "official-code", "head": "linear"}, "top1_best", 55.4),
-    ("coco_attentive_probe", "mae", "tokens", {"crop": "official-code", "attentive_variant": "partaware"},
-     "top1_best", 93.9),
+    ("coco_attentive_probe", "mae", "tokens", {"crop": "official-code", "attentive_variant": "partaware",
+                                               "mae_token_shuffle": True}, "top1_best", 93.9),
     ("imagenet_linear_probe", "mocov3", "cls", {"head": "linear-bn"}, "top1_best", 76.2),
     ("imagenet_attentive_probe", "beit", "tokens", {"attentive_variant": "cae"}, "top1_best", 51.9),
     ("ade20k_part209_linear_segmentation", "cae", "blocks", {}, "mIoU", 28.4),
@@ -136,6 +136,14 @@ def test_classification_metric_mapping_and_protocols():
     attentive = {**recipe, "attentive_variant": "partaware", "base_lr": 0.01}
     assert values("coco_attentive_probe", "cae", "tokens", attentive) == {"top1_best": 95.5}
     assert values("coco_attentive_probe", "cae", "tokens", {**attentive, "base_lr": 0.1}) == {}
+
+
+def test_mae_compares_only_with_the_official_token_shuffle():
+    """protocols.md §8.4: Table 3's MAE numbers come from a forward pass with shuffled patch tokens."""
+    assert values("cub_part_retrieval", "mae", "patch_mean", {**OFFICIAL, "mae_token_shuffle": True}) == {"AP": 28.5}
+    assert values("cub_part_retrieval", "mae", "patch_mean", {**OFFICIAL, "mae_token_shuffle": False}) == {}
+    assert values("cub_part_retrieval", "mae", "patch_mean", OFFICIAL) == {}        # not recorded: no claim
+    assert values("cub_part_retrieval", "dino", "patch_mean", OFFICIAL) == {"AP": 48.9}  # other models unaffected
 
 
 def test_reference_values_list_every_paper_model():

@@ -85,11 +85,14 @@ def test_paper_text_preset_is_recorded(coco_root):
 
 def test_presets_and_explicit_overrides():
     assert part_retrieval.resolve_options("partaware") == {
-        "crop": "official-code", "self_match": "included", "normalize": "imagenet", "coco_dist_scope": "code_exact"}
+        "crop": "official-code", "self_match": "included", "normalize": "imagenet", "coco_dist_scope": "code_exact",
+        "mae_token_shuffle": True}
     assert part_retrieval.resolve_options("clean")["self_match"] == "excluded"
     assert part_retrieval.resolve_options("clean")["coco_dist_scope"] == "person"
+    assert part_retrieval.resolve_options("clean")["mae_token_shuffle"] is False
     options = part_retrieval.resolve_options("paper-text", coco_dist_scope="person", self_match="excluded", crop=None)
-    assert options == {"crop": "paper", "self_match": "excluded", "normalize": "imagenet", "coco_dist_scope": "person"}
+    assert options == {"crop": "paper", "self_match": "excluded", "normalize": "imagenet", "coco_dist_scope": "person",
+                       "mae_token_shuffle": True}
     with pytest.raises(ValueError, match="crop must be one of"):
         part_retrieval.resolve_options("clean", crop="d/4")
 
@@ -151,6 +154,33 @@ def test_golden_dino_checkpoint_through_run(shared, cub_root, tmp_path):
     expected = retrieval_metrics(direct, db.labels(), include_self=True)["AP"] * 100
     record = next(r for r in records if r.feature == "patch_mean" and r.protocol["include_self"])
     assert metric(record, "AP") == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_mae_token_shuffle_follows_the_preset_and_is_recorded(shared, cub_root, tmp_path):
+    """partaware reproduces the official MAE forward (tokens shuffled before the position embedding, §8.4);
+    clean does not; both say so in the record, and the two never share cached features."""
+    from probes.encoders import load_encoder
+
+    golden = shared / "golden" / "mae_encoder"
+    target = json.loads((golden / "meta.json").read_text())["timm_target"]["this_golden"]
+    encoder = load_encoder(golden / "checkpoint.pth", format="mae", device="cpu",
+                           arch={"model": target["create_model"], "kwargs": target["kwargs"]})
+    runs = {preset: part_retrieval.run(encoder=encoder, dataset="cub", data_root=cub_root, preset=preset,
+                                       features=["patch_mean"], self_match="included", results=tmp_path,
+                                       data_source="synthetic", progress=False)[0]
+            for preset in ("partaware", "clean")}
+    assert runs["partaware"].protocol["mae_token_shuffle"] is True
+    assert runs["clean"].protocol["mae_token_shuffle"] is False
+    assert metric(runs["partaware"], "AP") != metric(runs["clean"], "AP")
+    assert encoder.token_shuffle is False                                   # the encoder is given back as it was
+    again = part_retrieval.run(encoder=encoder, dataset="cub", data_root=cub_root, preset="clean",
+                               mae_token_shuffle=True, features=["patch_mean"], self_match="included",
+                               write=False, progress=False)[0]
+    assert metric(again, "AP") == metric(runs["partaware"], "AP")           # same seed, same permutations
+    baseline = part_retrieval.run("colorstats", "cub", cub_root, features=["cls"], self_match="included",
+                                  write=False, progress=False)[0]
+    assert "mae_token_shuffle" not in baseline.protocol                     # the option exists for MAE only
 
 
 # --- object retrieval --------------------------------------------------------------------------------------------
