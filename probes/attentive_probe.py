@@ -107,7 +107,7 @@ def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset:
         normalize: str | None = None, coco_dist_scope: str = "code_exact", token_cache_gb: float = 8.0,
         stream: bool = False, extract_batch_size: int = 64, num_workers: int = 0, format: str | None = None,
         arch=None, encoder=None, data_source: str | None = "official", stop_after_epochs: int | None = None,
-        progress: bool = True, mae_token_shuffle: bool | None = None) -> dict[str, Any]:
+        progress: bool = True, mae_token_shuffle: bool | None = None, branch: str = "teacher") -> dict[str, Any]:
     """Attentive probe of ``model`` on ``dataset``; writes the record and returns
     ``{"attentive": {...}, "history": [...], "records": [paths], "token_source": "cache" | "stream"}``."""
     started = time.time()
@@ -126,7 +126,8 @@ def run(model: str, dataset: str, data_root, *, head: str = "partaware", preset:
                                    eval_batch_size=eval_batch_size, lr=lr, base_lr=base_lr, warmup_epochs=warmup_epochs)
     run_device, encoder, task = load_encoder_and_task(model, dataset, data_root, encoder, format=format, arch=arch,
                                                       device=device, crop=crop, normalize=normalize,
-                                                      coco_dist_scope=coco_dist_scope, keypoints=keypoints)
+                                                      coco_dist_scope=coco_dist_scope, keypoints=keypoints,
+                                                      branch=branch)
     shuffle = mae_shuffle_applies(mae_token_shuffle, preset, dataset, encoder)
     with shuffled_mae_tokens(encoder, shuffle, seed=seed):
         info = encoder.info()
@@ -215,7 +216,7 @@ def main(argv=None) -> dict:
                stream=args.stream, extract_batch_size=args.extract_batch_size, num_workers=args.num_workers,
                format=args.format, arch=parse_arch(args.arch, args.arch_kwargs), data_source=args.data_source,
                stop_after_epochs=args.stop_after_epochs, progress=not args.quiet,
-               mae_token_shuffle=on_off(args.mae_token_shuffle))
+               mae_token_shuffle=on_off(args.mae_token_shuffle), branch=args.branch)
 
 
 if __name__ == "__main__":

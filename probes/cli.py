@@ -15,6 +15,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default=None, help="Container format of a checkpoint file (e.g. dino_full); detected when omitted.")
     parser.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (e.g. vit_base_patch16_224).")
     parser.add_argument("--arch-kwargs", default=None, help="JSON kwargs for the architecture, e.g. '{\"img_size\": 448}'.")
+    parser.add_argument("--branch", choices=("teacher", "student"), default="teacher", help="Full DINO/iBOT/CARP checkpoints: the teacher (official README) or the student (the official retrieval script's default).")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from probes.zoo.build import VIT_CLASSES, load_model
 from probes.zoo.checkpoint import load_checkpoint
-from probes.zoo.convert import detect_format
+from probes.zoo.convert import BRANCHED_FORMATS, detect_format
 from probes.zoo.download import fetch, file_hashes, is_offline
 from probes.zoo.errors import CheckpointError, OfflineError, RegistryError, ZooError
 from probes.zoo.registry import BASELINE_FORMAT, Arch, Transform, get_entry, local_entry, parse_arch
@@ -41,11 +41,12 @@ class Encoder:
 
     def __init__(self, model: nn.Module, *, name: str, method: str, arch: Arch, format: str, source: str,
                  checkpoint_sha256: str, transform: Transform, projection: nn.Module | None = None,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", branch: str | None = None):
         self.model = model.eval().requires_grad_(False)  # frozen: probes train heads, never the encoder
         self.projection = projection.eval().requires_grad_(False) if projection is not None else None
         self.name, self.method, self.arch, self.format = name, method, arch, format
         self.source, self.checkpoint_sha256 = source, checkpoint_sha256
+        self.branch = branch  # teacher or student of a full training checkpoint; None for single-network files
         self.device = torch.device(device)
         self.kind = "vit" if isinstance(model, VIT_CLASSES) else "resnet"
         if self.kind == "vit":
@@ -95,8 +96,11 @@ class Encoder:
         return f"Encoder({self.name!r}, {self.arch.describe()}, format={self.format!r}, device={self.device})"
 
     def info(self) -> dict[str, str]:
-        return {"name": self.name, "method": self.method, "arch": self.arch.describe(),
+        info = {"name": self.name, "method": self.method, "arch": self.arch.describe(),
                 "checkpoint_sha256": self.checkpoint_sha256, "format": self.format, "source": self.source}
+        if self.branch is not None:  # one file, two networks: what ran must be named (and keyed in caches)
+            info["branch"] = self.branch
+        return info
 
     def eval_transform(self) -> Callable:
         from torchvision import transforms as T
@@ -225,19 +229,20 @@ def _override_arch(base: Arch, arch: Any, where: str) -> Arch:
 
 def load_encoder(name: str | os.PathLike, format: str | None = None, arch: str | Mapping | Arch | None = None,
                  device: str | torch.device | None = None, offline: bool | None = None,
-                 transform: Transform | None = None) -> Encoder:
+                 transform: Transform | None = None, branch: str = "teacher") -> Encoder:
     """Load an encoder by registry name/alias, ``timm:<model>``, or checkpoint path (see module docstring).
 
     ``arch`` is a timm model name or ``{"model": name, "kwargs": {...}}``; for registry entries its kwargs
     are laid over the registry's. ``transform`` overrides the eval transform (local files default to
-    their method's). ``offline=True`` (or PARTPROBE_OFFLINE=1) never touches the network.
+    their method's). ``offline=True`` (or PARTPROBE_OFFLINE=1) never touches the network. ``branch``
+    picks the teacher (default) or the student of a full DINO / iBOT / CARP training checkpoint.
     """
     name = os.fspath(name)
     if name.startswith("timm:"):
         return _load_timm(name[len("timm:"):], device, offline)
     path = Path(name).expanduser()
     if path.is_file():
-        return _load_file(path, format, arch, device, transform)
+        return _load_file(path, format, arch, device, transform, branch)
     if os.sep in name or name.endswith((".pth", ".pt", ".tar", ".safetensors")):
         raise CheckpointError(f"{path}: no such checkpoint file")
     entry = get_entry(name)
@@ -252,16 +257,18 @@ def load_encoder(name: str | os.PathLike, format: str | None = None, arch: str |
     checkpoint, sha256 = fetch(entry, offline=offline)
     return _from_checkpoint(checkpoint, entry.format, _override_arch(entry.arch, arch, entry.name), device,
                             name=entry.name, method=entry.method, source=entry.source, sha256=sha256,
-                            transform=transform or _fit_transform(entry.transform, arch))
+                            transform=transform or _fit_transform(entry.transform, arch), branch=branch)
 
 
-def _load_file(path: Path, format: str | None, arch: Any, device, transform: Transform | None) -> Encoder:
+def _load_file(path: Path, format: str | None, arch: Any, device, transform: Transform | None,
+               branch: str = "teacher") -> Encoder:
     obj = load_checkpoint(path)
     fmt = format or detect_format(obj, where=str(path))
     entry = local_entry(path, fmt, parse_arch(arch, str(path)) if arch is not None else None)
     sha256, _ = file_hashes(path)
     return _from_object(obj, fmt, entry.arch, device, name=entry.name, method=entry.method, source=str(entry.local_path),
-                        sha256=sha256, transform=transform or _fit_transform(entry.transform, arch), where=str(path))
+                        sha256=sha256, transform=transform or _fit_transform(entry.transform, arch), where=str(path),
+                        branch=branch)
 
 
 def _fit_transform(transform: Transform, arch: Any) -> Transform:
@@ -284,11 +291,12 @@ def _from_checkpoint(path: Path, fmt: str, arch: Arch, device, **kw) -> Encoder:
 
 
 def _from_object(obj: Any, fmt: str, arch: Arch | None, device, *, name: str, method: str, source: str, sha256: str,
-                 transform: Transform, where: str) -> Encoder:
+                 transform: Transform, where: str, branch: str = "teacher") -> Encoder:
     device = default_device(device)
-    loaded = load_model(obj, fmt, arch, where=where, device="cpu")
+    loaded = load_model(obj, fmt, arch, where=where, device="cpu", branch=branch)
     return Encoder(loaded.model, name=name, method=method, arch=loaded.arch, format=fmt, source=source,
-                   checkpoint_sha256=sha256, transform=transform, projection=loaded.projection).to(device)
+                   checkpoint_sha256=sha256, transform=transform, projection=loaded.projection,
+                   branch=branch if fmt in BRANCHED_FORMATS else None).to(device)
 
 
 # ------------------------------------------------------------------------------------------ timm

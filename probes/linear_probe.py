@@ -192,13 +192,13 @@ def build_task(dataset: str, data_root, encoder, *, crop: str = "official-code",
 
 def load_encoder_and_task(model: str, dataset: str, data_root, encoder=None, *, format: str | None = None, arch=None,
                           device: str | None = None, crop: str = "official-code", normalize: str | None = None,
-                          coco_dist_scope: str = "code_exact",
-                          keypoints: str = "paper") -> tuple[torch.device, Any, Task]:
+                          coco_dist_scope: str = "code_exact", keypoints: str = "paper",
+                          branch: str = "teacher") -> tuple[torch.device, Any, Task]:
     """(torch device, encoder, task) of a probe run; ``encoder``, when given, is used instead of loading ``model``."""
     run_device = default_device(device)
     if encoder is None:
         from probes.encoders import load_encoder
-        encoder = load_encoder(model, format=format, arch=arch, device=str(run_device))
+        encoder = load_encoder(model, format=format, arch=arch, device=str(run_device), branch=branch)
     task = build_task(dataset, data_root, encoder, crop=crop, normalize=normalize, coco_dist_scope=coco_dist_scope,
                       keypoints=keypoints)
     return run_device, encoder, task
@@ -285,7 +285,7 @@ def run(model: str, dataset: str, data_root, *, head: str = "linear", preset: st
         knn: bool = True, knn_k: int = 20, knn_ks=KNN_KS, knn_temperature: float = 0.07,
         extract_batch_size: int = 64, num_workers: int = 0, format: str | None = None, arch=None,
         encoder=None, data_source: str | None = "official", stop_after_epochs: int | None = None,
-        progress: bool = True, mae_token_shuffle: bool | None = None) -> dict[str, Any]:
+        progress: bool = True, mae_token_shuffle: bool | None = None, branch: str = "teacher") -> dict[str, Any]:
     """Linear probe (+ kNN) of ``model`` on ``dataset``; writes the records and returns
     ``{"linear": {...}, "knn": {...}, "history": [...], "records": [paths]}`` (metrics in percent).
 
@@ -306,7 +306,8 @@ def run(model: str, dataset: str, data_root, *, head: str = "linear", preset: st
                                    eval_batch_size=eval_batch_size, lr=lr, base_lr=base_lr, warmup_epochs=warmup_epochs)
     run_device, encoder, task = load_encoder_and_task(model, dataset, data_root, encoder, format=format, arch=arch,
                                                       device=device, crop=crop, normalize=normalize,
-                                                      coco_dist_scope=coco_dist_scope, keypoints=keypoints)
+                                                      coco_dist_scope=coco_dist_scope, keypoints=keypoints,
+                                                      branch=branch)
     shuffle = mae_shuffle_applies(mae_token_shuffle, preset, dataset, encoder)
     with shuffled_mae_tokens(encoder, shuffle, seed=seed):
         info = encoder.info()
@@ -404,6 +405,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--data-source", default="official", choices=("official", "synthetic"),
                         help="recorded; mark generated data (never compared with the paper's numbers)")
+    parser.add_argument("--branch", default="teacher", choices=("teacher", "student"),
+                        help="full DINO/iBOT/CARP checkpoints: teacher (the official README) or student (the "
+                             "official part-aware script's default)")
     parser.add_argument("--mae-token-shuffle", default=None, choices=("on", "off"),
                         help="MAE checkpoints only: shuffle patch tokens before the position embedding as the "
                              "official code did (default: on with --preset partaware on part crops, else off)")
@@ -451,7 +455,7 @@ def main(argv=None) -> dict:
                knn_temperature=args.knn_temperature, extract_batch_size=args.extract_batch_size,
                num_workers=args.num_workers, format=args.format, arch=parse_arch(args.arch, args.arch_kwargs),
                data_source=args.data_source, stop_after_epochs=args.stop_after_epochs, progress=not args.quiet,
-               mae_token_shuffle=on_off(args.mae_token_shuffle))
+               mae_token_shuffle=on_off(args.mae_token_shuffle), branch=args.branch)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def run(model: str = "dino", dataset: str = "cifar10", data_root=None, *, featur
         object_crop_rule: str = "square", min_box_size: float = 32.0, max_per_class=None, format=None, arch=None,
         encoder=None, batch_size: int = 64, num_workers: int = 0, device=None, results=None, write: bool = True,
         knn: bool = True, knn_ks=KNN_KS, cache: bool = True, data_source: str = "official", progress: bool = True,
-        seed: int = 0, ks=KS, input_size=None) -> list:
+        seed: int = 0, ks=KS, input_size=None, branch: str = "teacher") -> list:
     """Object retrieval (and kNN) records for one encoder on CIFAR-10 or COCO objects."""
     started = time.time()
     if dataset not in DATASETS:
@@ -174,7 +174,7 @@ def run(model: str = "dino", dataset: str = "cifar10", data_root=None, *, featur
     # 1. Encoder and input transform (PIL bicubic to the encoder's input size, chosen normalisation).
     if encoder is None:
         from probes.encoders import load_encoder
-        encoder = load_encoder(model, format=format, arch=arch, device=device)
+        encoder = load_encoder(model, format=format, arch=arch, device=device, branch=branch)
     else:
         model = encoder.info()["name"]          # the config beside each record names what really ran
     input_size = int(input_size or encoder.crop_size)
@@ -339,7 +339,7 @@ def main(argv=None) -> None:
         min_box_size=args.min_box_size, max_per_class=args.max_per_class, format=args.format,
         arch=parse_arch(args.arch, args.arch_kwargs), batch_size=args.batch_size, num_workers=args.num_workers,
         device=args.device, results=args.results, knn=not args.no_knn, cache=not args.no_cache,
-        data_source=args.data_source, seed=args.seed, input_size=args.input_size)
+        data_source=args.data_source, seed=args.seed, input_size=args.input_size, branch=args.branch)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,10 @@ def resolve_options(preset: str, **explicit) -> dict:
     return options
 
 
-def load_model(model: str, *, format=None, arch=None, device=None):
+def load_model(model: str, *, format=None, arch=None, device=None, branch: str = "teacher"):
     """An encoder by registry name, ``timm:<name>`` or checkpoint path (probes.encoders.load_encoder)."""
     from probes.encoders import load_encoder
-    return load_encoder(model, format=format, arch=arch, device=device)
+    return load_encoder(model, format=format, arch=arch, device=device, branch=branch)
 
 
 def default_features(encoder, crop: str, block) -> list[str]:
@@ -88,7 +88,7 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
         num_workers: int = 0, device=None, results=None, write: bool = True, grid=None, grid_queries: int = 6,
         grid_k: int = 8, boxes=None, crop_shift: float = 0.0, crop_shift_seed: int = 0, cache: bool = True,
         data_source: str = "official", progress: bool = True, seed: int = 0, ks=KS, input_size=None,
-        mae_token_shuffle=None) -> list:
+        mae_token_shuffle=None, branch: str = "teacher") -> list:
     """Run part retrieval and return the result records (written to ``results`` unless write=False)."""
     started = time.time()
     data_root = Path(data_root) if data_root is not None else Path("data") / dataset   # the data CLI's default
@@ -103,7 +103,7 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
 
     # 1. The encoder, and the input transform of the crops: its input size, the chosen normalisation.
     if encoder is None:
-        encoder = load_model(model, format=format, arch=arch, device=device)
+        encoder = load_model(model, format=format, arch=arch, device=device, branch=branch)
     else:
         model = encoder.info()["name"]          # the config beside each record names what really ran
     input_size = int(input_size or encoder.crop_size)       # 224 for real models; a tiny test ViT says 64
@@ -299,7 +299,8 @@ def main(argv=None) -> None:
         device=args.device, results=args.results, grid=args.grid, grid_queries=args.grid_queries, grid_k=args.grid_k,
         boxes=args.boxes, crop_shift=args.crop_shift, crop_shift_seed=args.crop_shift_seed, cache=not args.no_cache,
         data_source=args.data_source, seed=args.seed, input_size=args.input_size,
-        mae_token_shuffle=None if args.mae_token_shuffle is None else args.mae_token_shuffle == "on")
+        mae_token_shuffle=None if args.mae_token_shuffle is None else args.mae_token_shuffle == "on",
+        branch=args.branch)
 
 
 if __name__ == "__main__":

@@ -265,6 +265,8 @@ def make_record(*, probe: str, dataset: str, split: str, encoder_info: Mapping[s
     from probes.published import lookup  # local: the tables are only needed here
 
     task = task_name(dataset, probe)
+    if encoder_info.get("branch") is not None:  # teacher or student of one file: part of the configuration
+        protocol = {**protocol, "weights_branch": encoder_info["branch"]}
     protocol = {str(k): _plain(v) for k, v in sorted(protocol.items())}
     sha = encoder_info.get("checkpoint_sha256") or ""
     identity = {

@@ -196,3 +196,21 @@ def test_mae_token_shuffle_reproduces_the_official_bug_and_switches_off(shared):
     assert torch.allclose(shuffled, reference, atol=1e-6)
     assert (shuffled - expected).abs().max() > 0.1                  # it changes the features ...
     assert (enc.features(x, "tokens") - expected).abs().max() <= 1e-5  # ... and off restores the original
+
+
+def test_student_branch_of_a_full_checkpoint_reproduces_the_original_student(shared):
+    """protocols.md §8.5: the official retrieval code loaded DINO's student; branch='student' gives exactly it."""
+    path, arch, x = golden(shared, "dino_vit_full")
+    expected = torch.load(path.parent / "expected.pt", weights_only=True)["student"]
+    student = load_encoder(path, format="dino_full", arch=arch, device="cpu", branch="student")
+    out = student.extract(x, ["tokens", "cls", "patch_mean", "projection"])
+    for name in ("tokens", "cls", "patch_mean", "projection"):
+        assert (out[name] - expected[name]).abs().max() <= 1e-5, name
+    for index, block in expected["blocks"].items():
+        assert (student.features(x, "block", block=index) - block).abs().max() <= 1e-5, index
+    teacher = load_encoder(path, format="dino_full", arch=arch, device="cpu")
+    assert (teacher.info()["branch"], student.info()["branch"]) == ("teacher", "student")  # caches tell them apart
+    assert (teacher.features(x, "tokens") - expected["tokens"]).abs().max() > 0.1
+    with pytest.raises(CheckpointError, match="holds one network"):
+        load_encoder(path.parent.parent / "mae_encoder" / "checkpoint.pth", format="mae", device="cpu",
+                     arch=golden(shared, "mae_encoder")[1], branch="student")

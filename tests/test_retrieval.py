@@ -183,6 +183,22 @@ def test_mae_token_shuffle_follows_the_preset_and_is_recorded(shared, cub_root, 
     assert "mae_token_shuffle" not in baseline.protocol                     # the option exists for MAE only
 
 
+@pytest.mark.slow
+def test_teacher_and_student_of_one_file_are_two_configurations(shared, cub_root, tmp_path):
+    """protocols.md §8.5: the official retrieval code loaded DINO's student, its README says teacher."""
+    golden = shared / "golden" / "dino_vit_full"
+    target = json.loads((golden / "meta.json").read_text())["timm_target"]["this_golden"]
+    runs = {branch: part_retrieval.run(str(golden / "checkpoint.pth"), "cub", cub_root, format="dino_full",
+                                       arch={"model": target["create_model"], "kwargs": target["kwargs"]},
+                                       branch=branch, features=["patch_mean"], self_match="included",
+                                       results=tmp_path, data_source="synthetic", progress=False)[0]
+            for branch in ("teacher", "student")}
+    assert {b: r.protocol["weights_branch"] for b, r in runs.items()} == {"teacher": "teacher", "student": "student"}
+    assert runs["teacher"].config_hash != runs["student"].config_hash   # never resolved as reruns of each other
+    assert runs["teacher"].checkpoint_sha256 == runs["student"].checkpoint_sha256
+    assert metric(runs["teacher"], "AP") != metric(runs["student"], "AP")
+
+
 # --- object retrieval --------------------------------------------------------------------------------------------
 def test_object_crop_rules_hand_computed():
     pixels = np.zeros((40, 60, 3), dtype=np.uint8)

@@ -184,9 +184,12 @@ def _all_buffers_persistent(model: nn.Module) -> bool:
 
 
 def load_model(obj: Any, fmt: str, arch: Arch | None = None, where: str = "checkpoint",
-               device: str | torch.device = "cpu") -> LoadedModel:
-    """Loaded checkpoint object -> timm model (eval mode) + projection head, both on ``device``."""
-    sd, head_state = convert(obj, fmt, where)
+               device: str | torch.device = "cpu", branch: str = "teacher") -> LoadedModel:
+    """Loaded checkpoint object -> timm model (eval mode) + projection head, both on ``device``.
+
+    ``branch``: teacher (default) or student of a full training checkpoint (DINO, iBOT, CARP).
+    """
+    sd, head_state = convert(obj, fmt, where, branch=branch)
     arch = resolve_arch(arch, sd, fmt, where)
     # Built on the meta device, the model skips its random initialisation and takes the checkpoint's
     # tensors as they are; unless it has buffers a checkpoint does not carry (BEiT's position index).

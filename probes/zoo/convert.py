@@ -145,8 +145,8 @@ def convert_dino(obj: Any, where: str):
     return _drop(obj, prefixes=("fc.", "head.")), None
 
 
-def convert_dino_full(obj: Any, where: str):
-    backbone, head = _backbone_and_head(_entry(obj, "teacher", "dino_full", where), where + "['teacher']")
+def convert_dino_full(obj: Any, where: str, branch: str = "teacher"):
+    backbone, head = _backbone_and_head(_entry(obj, branch, "dino_full", where), where + f"['{branch}']")
     return _drop(backbone, prefixes=("fc.", "head.")), (fold_weight_norm(head) if head else None)
 
 
@@ -157,8 +157,8 @@ def convert_ibot(obj: Any, where: str):
     return body, (fold_weight_norm(head) if head else None)
 
 
-def convert_ibot_full(obj: Any, where: str):
-    backbone, head = _backbone_and_head(_entry(obj, "teacher", "ibot_full", where), where + "['teacher']")
+def convert_ibot_full(obj: Any, where: str, branch: str = "teacher"):
+    backbone, head = _backbone_and_head(_entry(obj, branch, "ibot_full", where), where + f"['{branch}']")
     return _drop(backbone, exact=("masked_embed",)), (fold_weight_norm(head) if head else None)
 
 
@@ -204,8 +204,8 @@ def convert_mec(obj: Any, where: str):
     return _drop(encoder, prefixes=("fc.",)), None
 
 
-def convert_carp(obj: Any, where: str):
-    backbone, _ = _backbone_and_head(_entry(obj, "teacher", "carp", where), where + "['teacher']")
+def convert_carp(obj: Any, where: str, branch: str = "teacher"):
+    backbone, _ = _backbone_and_head(_entry(obj, branch, "carp", where), where + f"['{branch}']")
     return _drop(backbone, prefixes=("fc.", "head.")), None
 
 
@@ -248,10 +248,27 @@ CONVERTERS: dict[str, Callable[[Any, str], tuple[StateDict, StateDict | None]]] 
 PROJECTION_KINDS = {"mocov3": "mlp", "dino_full": "dino_head", "ibot": "ibot_head", "ibot_full": "ibot_head"}
 
 
-def convert(obj: Any, format: str, where: str = "checkpoint") -> tuple[StateDict, StateDict | None]:
-    """Convert a loaded checkpoint of ``format`` into ``(timm_state_dict, projection_state or None)``."""
+# Full training checkpoints hold two networks; evaluation uses the teacher (the official eval scripts'
+# --checkpoint_key default), but the part-aware retrieval code loaded DINO's student (protocols.md §8.5).
+BRANCHED_FORMATS = ("dino_full", "ibot_full", "carp")
+BRANCHES = ("teacher", "student")
+
+
+def convert(obj: Any, format: str, where: str = "checkpoint",
+            branch: str = "teacher") -> tuple[StateDict, StateDict | None]:
+    """Convert a loaded checkpoint of ``format`` into ``(timm_state_dict, projection_state or None)``.
+
+    ``branch`` picks the teacher or the student of a full training checkpoint (``BRANCHED_FORMATS``).
+    """
     if format not in CONVERTERS:
         raise CheckpointError(f"{where}: unknown format {format!r} (expected one of {sorted(CONVERTERS)})")
+    if branch not in BRANCHES:
+        raise CheckpointError(f"{where}: branch must be one of {BRANCHES}, got {branch!r}")
+    if format in BRANCHED_FORMATS:
+        return CONVERTERS[format](obj, where, branch=branch)
+    if branch != "teacher":
+        raise CheckpointError(f"{where}: format {format!r} holds one network; a {branch} branch exists only in "
+                              f"full training checkpoints ({', '.join(BRANCHED_FORMATS)})")
     return CONVERTERS[format](obj, where)
 
 
