@@ -30,7 +30,7 @@ import torch
 from probes import paths
 from probes.features import cached_extraction
 from probes.heads import ATTENTIVE_HEADS, BN_EVAL_MODES, build_head
-from probes.encoders import shuffled_mae_tokens
+from probes.encoders import forward_identity, shuffled_mae_tokens
 from probes.linear_probe import (Task, add_common_arguments, fmt, load_encoder_and_task, mae_shuffle_applies,
                                  mae_shuffle_protocol, on_off, parse_arch, print_table, recipe_protocol,
                                  recipe_with_overrides)
@@ -91,8 +91,7 @@ def token_maps(encoder, task: Task, block: int | None, batch_size: int, num_work
             return {"tokens": torch.cat([token_batch(encoder, images, block).float() for images, _ in loader])}
 
         key = {"encoder": encoder.info(), "data": task.identity[which], "purpose": "classification",
-               "feature": "tokens", "block": block,
-               **({"mae_token_shuffle": True} if getattr(encoder, "token_shuffle", False) else {})}
+               "feature": "tokens", "block": block, **forward_identity(encoder)}
         out.append(cached_extraction(len(dataset), ["tokens"], compute, cache_key=key, progress=progress,
                                      description=f"{task.dataset} {which} tokens")["tokens"])
     return out[0], out[1]

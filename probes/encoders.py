@@ -62,7 +62,9 @@ class Encoder:
         self.has_projection = projection is not None
         self.has_projection_patch = hasattr(projection, "forward_patches")
         self.token_shuffle = False
+        self.token_shuffle_seed = None
         self._shuffle_hook = None
+        self.autocast = True  # bf16 autocast on CUDA; False keeps float32 (see float32_forward)
 
     def shuffle_patch_tokens(self, enabled: bool = True, seed: int = 0) -> "Encoder":
         """Permute each image's patch tokens at random before the position embedding is added.
@@ -77,6 +79,7 @@ class Encoder:
             self._shuffle_hook.remove()
             self._shuffle_hook = None
         self.token_shuffle = bool(enabled)
+        self.token_shuffle_seed = seed if enabled else None
         if not enabled:
             return self
         if self.kind != "vit":
@@ -135,7 +138,7 @@ class Encoder:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be a normalised [B, 3, H, W] batch, got shape {tuple(images.shape)}")
         images = images.to(self.device, non_blocking=True)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and self.autocast
                     else contextlib.nullcontext())
         with autocast:
             out = self._vit(images, features, block) if self.kind == "vit" else self._resnet(images, features, block)
@@ -207,6 +210,30 @@ def shuffled_mae_tokens(encoder, enabled: bool, seed: int = 0):
     finally:
         if applies:
             encoder.shuffle_patch_tokens(False)
+
+
+def forward_identity(encoder) -> dict:
+    """The switches that change an encoder's forward pass, for feature-cache keys (empty when all are off)."""
+    identity = {}
+    if getattr(encoder, "token_shuffle", False):
+        identity.update(mae_token_shuffle=True, shuffle_seed=encoder.token_shuffle_seed)
+    device = getattr(encoder, "device", None)
+    if device is not None and device.type == "cuda" and getattr(encoder, "autocast", False):
+        identity["precision"] = "bf16-autocast"
+    return identity
+
+
+@contextlib.contextmanager
+def float32_forward(encoder, enabled: bool = True):
+    """Within the block the encoder runs in float32 on CUDA too (no bf16 autocast), as the official code did."""
+    previous = getattr(encoder, "autocast", None)
+    if enabled and previous is not None:
+        encoder.autocast = False
+    try:
+        yield
+    finally:
+        if enabled and previous is not None:
+            encoder.autocast = previous
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from probes import paths
-from probes.encoders import shuffled_mae_tokens
+from probes.encoders import forward_identity, shuffled_mae_tokens
 from probes.features import extract_features
 from probes.heads import LINEAR_HEADS, build_head
 from probes.results import make_record, write_record
@@ -239,7 +239,7 @@ def vector_features(encoder, task: Task, feature: str, block: int | None, batch_
     out = []
     for which, dataset in (("train", task.train), ("eval", task.eval)):
         key = {"encoder": encoder.info(), "data": task.identity[which], "purpose": "classification",
-               **({"mae_token_shuffle": True} if getattr(encoder, "token_shuffle", False) else {})}
+               **forward_identity(encoder)}
         out.append(extract_features(encoder, dataset, [feature], block=block, batch_size=batch_size, cache_key=key,
                                     num_workers=num_workers, progress=progress,
                                     description=f"{task.dataset} {which} {feature}")[feature])

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from probes import parts
 from probes.cli import add_model_options, add_run_options, parse_arch
-from probes.encoders import shuffled_mae_tokens
+from probes.encoders import float32_forward, shuffled_mae_tokens
 from probes.features import extract_dense_features, extract_features
 from probes.metrics import retrieval_metrics
 from probes.paths import results_dir
@@ -42,11 +42,11 @@ from probes.results import make_record, write_record
 
 PRESETS = {
     "partaware": {"crop": "official-code", "self_match": "included", "normalize": "imagenet",
-                  "coco_dist_scope": "code_exact", "mae_token_shuffle": True},
+                  "coco_dist_scope": "code_exact", "mae_token_shuffle": True, "precision": "fp32"},
     "paper-text": {"crop": "paper", "self_match": "included", "normalize": "imagenet", "coco_dist_scope": "image",
-                   "mae_token_shuffle": True},
+                   "mae_token_shuffle": True, "precision": "fp32"},
     "clean": {"crop": "official-code", "self_match": "excluded", "normalize": "imagenet",
-              "coco_dist_scope": "person", "mae_token_shuffle": False},
+              "coco_dist_scope": "person", "mae_token_shuffle": False, "precision": "bf16"},
 }
 CROPS = ("official-code", "paper", "dense")
 SELF_MATCH = ("included", "excluded", "both")
@@ -64,6 +64,8 @@ def resolve_options(preset: str, **explicit) -> dict:
         raise ValueError(f"crop must be one of {CROPS}, got {options['crop']!r}")
     if options["self_match"] not in SELF_MATCH:
         raise ValueError(f"self_match must be one of {SELF_MATCH}, got {options['self_match']!r}")
+    if options["precision"] not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {options['precision']!r}")
     return options
 
 
@@ -88,7 +90,7 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
         num_workers: int = 0, device=None, results=None, write: bool = True, grid=None, grid_queries: int = 6,
         grid_k: int = 8, boxes=None, crop_shift: float = 0.0, crop_shift_seed: int = 0, cache: bool = True,
         data_source: str = "official", progress: bool = True, seed: int = 0, ks=KS, input_size=None,
-        mae_token_shuffle=None, branch: str = "teacher") -> list:
+        mae_token_shuffle=None, branch: str = "teacher", precision=None) -> list:
     """Run part retrieval and return the result records (written to ``results`` unless write=False)."""
     started = time.time()
     data_root = Path(data_root) if data_root is not None else Path("data") / dataset   # the data CLI's default
@@ -99,7 +101,8 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
                          f"python -m probes.data download {dataset} --root {data_root} && "
                          f"python -m probes.data prepare {dataset} --root {data_root}")
     options = resolve_options(preset, crop=crop, self_match=self_match, normalize=normalize,
-                              coco_dist_scope=coco_dist_scope, mae_token_shuffle=mae_token_shuffle)
+                              coco_dist_scope=coco_dist_scope, mae_token_shuffle=mae_token_shuffle,
+                              precision=precision)
 
     # 1. The encoder, and the input transform of the crops: its input size, the chosen normalisation.
     if encoder is None:
@@ -123,15 +126,16 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
         print(f"crop boxes written to {db.write_boxes(boxes)}")
 
     # 3. Features, cached on disk by everything they depend on.
-    precision = "bf16-autocast" if getattr(encoder, "device", None) is not None and encoder.device.type == "cuda" \
-        else "fp32"
+    # bf16 autocast only where asked for and possible: the official pipeline ran in float32.
+    on_cuda = getattr(encoder, "device", None) is not None and encoder.device.type == "cuda"
+    precision = "bf16-autocast" if on_cuda and options["precision"] == "bf16" else "fp32"
     shuffle = options["mae_token_shuffle"] and getattr(encoder, "format", None) == "mae"
     cache_key = None if not cache else {
         "encoder": encoder.info(), "input_size": input_size, "transform": transform.describe(),
         "data": db.identity(), "crop": options["crop"], "precision": precision,
         **({"mae_token_shuffle": True, "shuffle_seed": seed} if shuffle else {}),
     }
-    with shuffled_mae_tokens(encoder, shuffle, seed=seed):
+    with shuffled_mae_tokens(encoder, shuffle, seed=seed), float32_forward(encoder, precision == "fp32"):
         if options["crop"] == "dense":
             unknown = [f for f in features if f != "dense_patch"]
             if unknown:
@@ -148,7 +152,7 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
     # 4. Retrieval metrics per feature and self-match mode; one record each.
     modes = ["included", "excluded"] if options["self_match"] == "both" else [options["self_match"]]
     labels = db.labels()
-    metric_device = encoder.device if precision != "fp32" else None
+    metric_device = encoder.device if on_cuda else None
     results_folder = Path(results) if results else results_dir()
     records = []
     rows = []
@@ -275,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize", choices=("imagenet", "model"), default=None, help="Input normalisation: ImageNet mean/std for every model (paper) or each model's own.")
     parser.add_argument("--coco-dist-scope", choices=parts.COCO_DIST_SCOPES, default=None, help="COCO distance pool: the official code's (ann id as 3rd coordinate), the whole image, or each person.")
     parser.add_argument("--mae-token-shuffle", choices=("on", "off"), default=None, help="MAE checkpoints only: shuffle patch tokens before the position embedding, as the official code did (partaware/paper-text: on, clean: off).")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="Encoder arithmetic on a GPU: float32 as the official code (partaware, paper-text) or bf16 autocast (clean); always float32 on a CPU.")
     parser.add_argument("--dist-filter", choices=parts.DIST_FILTERS, default=None, help="Keep only 40 < d < 2000 px (official) or every keypoint with a neighbour (none).")
     parser.add_argument("--split", default=None, help="CUB train/test or COCO split; default: the whole retrieval database.")
     parser.add_argument("--input-size", type=int, default=None, help="Side the crops are resized to (default: the encoder's input size, 224 for real models).")
@@ -300,7 +305,7 @@ def main(argv=None) -> None:
         boxes=args.boxes, crop_shift=args.crop_shift, crop_shift_seed=args.crop_shift_seed, cache=not args.no_cache,
         data_source=args.data_source, seed=args.seed, input_size=args.input_size,
         mae_token_shuffle=None if args.mae_token_shuffle is None else args.mae_token_shuffle == "on",
-        branch=args.branch)
+        branch=args.branch, precision=args.precision)
 
 
 if __name__ == "__main__":

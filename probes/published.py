@@ -113,6 +113,14 @@ OPTION_KEYS = {
     "seg_layers": ("seg_layers",),
     "seg_upsample": ("seg_upsample",),
     "data_source": ("data_source",),
+    "dist_filter": ("dist_filter", "part_dist_filter"),
+    "crop_shift": ("crop_shift",),
+    "input_size": ("input_size",),
+    "precision": ("precision",),
+    "attentive_bn_eval": ("attentive_bn_eval",),
+    "eval_batch_size": ("eval_batch_size",),
+    "tokens": ("tokens",),
+    "num_heads": ("num_heads",),
     "epochs": ("epochs",),
     "batch_size": ("batch_size",),
     "base_lr": ("base_lr",),
@@ -137,8 +145,20 @@ _CROP = Requirement("crop", ("official-code", "d/2"), True, _OFFICIAL_CODE,
                     "the published numbers come from the official code's ~d/2 crop (protocols.md §4.1, §8.1)")
 _KEYPOINTS = Requirement("keypoints", ("paper",), False, (), "the paper's 4 CUB / 3 COCO keypoints")
 _NORMALIZE = Requirement("normalize", ("imagenet",), False, (), "ImageNet mean/std for every model (§4.1)")
-_COCO_SCOPE = Requirement("coco_dist_scope", ("code_exact", "person"), False, (),
-                          "the official code's distance pool is effectively per person (§4.1)")
+_COCO_SCOPE = Requirement("coco_dist_scope", ("code_exact",), False, (),
+                          "the official code pools the persons of an image with the annotation id as a third "
+                          "coordinate, which can change d when ids are close (§8.1 item 4)")
+_DIST_FILTER = Requirement("dist_filter", ("official",), False, (), "the official code keeps 40 < d < 2000 (§8.1)")
+_NO_SHIFT = Requirement("crop_shift", (0, 0.0), False, (), "crops centred on their keypoint")
+_INPUT_224 = Requirement("input_size", (224,), False, (), "crops resized to 224 x 224 (§4.1)")
+_FP32 = Requirement("precision", ("fp32",), False, (),
+                    "the official code ran in float32; bf16 autocast moves per-query AP by ~1e-3 to 1e-2")
+_BN_BATCH = Requirement("attentive_bn_eval", ("batch",), False, (),
+                        "the official attentive probe's BatchNorm uses batch statistics at evaluation (§8.7)")
+_EVAL_BATCH_256 = Requirement("eval_batch_size", (256,), False, (),
+                              "those batch statistics come from evaluation batches of 256 (§4.3)")
+_ALL_TOKENS = Requirement("tokens", ("all",), False, (), "keys/values are all output tokens, CLS included (§4.3)")
+_TWELVE_HEADS = Requirement("num_heads", (12,), False, (), "12 attention heads in the attentive block (§4.3)")
 _MAE_SHUFFLE = Requirement("mae_token_shuffle", (True,), True, (),
                            "the official MAE path shuffled tokens before the position embedding (§8.4); "
                            "MAE numbers without that shuffle measure another forward pass")
@@ -189,11 +209,16 @@ _ENCODED_ASSUMPTION = ("'Encoded' taken as patch_mean (protocols.md §4.2, [infe
 _AP_ASSUMPTION = "'AP' taken as the mean over queries (the official script's AP), not the class mean"
 _RETRIEVAL_PROTOCOL = "protocol: official code (self-match included, official-code crop, split all)"
 _BEST_EPOCH = "best-epoch top-1 (the official script's best_acc1, [inferred])"
+_DINO_BRANCH = ("DINO weights: teacher or student is not stated for Table 3 (the official README says teacher, "
+                "the official script loads the student by default, protocols.md §8.5); compared with either, "
+                "the record's weights_branch says which ran")
 
 
 def _build_table() -> tuple[PublishedValue, ...]:
     values: list[PublishedValue] = []
-    retrieval_reqs = (_SELF_MATCH, _CROP, _KEYPOINTS, _NORMALIZE, _DATA)
+    crops = (_CROP, _DIST_FILTER, _NO_SHIFT, _INPUT_224, _KEYPOINTS, _NORMALIZE, _DATA)
+    # Retrieval compares features directly, so the arithmetic matters; trained heads absorb it.
+    retrieval_reqs = (_SELF_MATCH, _FP32) + crops
     for model, row in TABLE3_PARTS.items():
         for column, value in zip(TABLE3_COLUMNS, row):
             if value is None:
@@ -203,26 +228,27 @@ def _build_table() -> tuple[PublishedValue, ...]:
             reqs = retrieval_reqs + ((_COCO_SCOPE,) if dataset == "coco" else ())
             if model == "mae":
                 reqs += (_MAE_SHUFFLE,)
+            notes = (_DINO_BRANCH,) if model == "dino" else ()
             if kind == "Encoded":
                 values.append(PublishedValue(
                     model, "Table 3", column, f"{dataset}_part_retrieval", ("AP",), ("patch_mean",), value,
-                    reqs, split="all", assumptions=(_ENCODED_ASSUMPTION, _AP_ASSUMPTION, _RETRIEVAL_PROTOCOL)))
+                    reqs, split="all", assumptions=(_ENCODED_ASSUMPTION, _AP_ASSUMPTION, _RETRIEVAL_PROTOCOL) + notes))
             elif kind == "Projected":
                 values.append(PublishedValue(
                     model, "Table 3", column, f"{dataset}_part_retrieval", ("AP",), ("projection",), value,
-                    reqs, split="all", assumptions=(_AP_ASSUMPTION, _RETRIEVAL_PROTOCOL)))
+                    reqs, split="all", assumptions=(_AP_ASSUMPTION, _RETRIEVAL_PROTOCOL) + notes))
             elif kind == "Linear":
                 values.append(PublishedValue(
                     model, "Table 3", column, f"{dataset}_linear_probe", ("top1_best",), ("cls",), value,
-                    (_CROP, _KEYPOINTS, _NORMALIZE, _DATA, _LINEAR_HEAD, _LINEAR_BASE_LR) + _PARTAWARE_RECIPE
+                    crops + (_LINEAR_HEAD, _LINEAR_BASE_LR) + _PARTAWARE_RECIPE
                     + ((_MAE_SHUFFLE,) if model == "mae" else ()),
-                    assumptions=(_BEST_EPOCH, "head: Linear on CLS, no BatchNorm; official-code crops")))
+                    assumptions=(_BEST_EPOCH, "head: Linear on CLS, no BatchNorm; official-code crops") + notes))
             else:  # Attentive
                 values.append(PublishedValue(
                     model, "Table 3", column, f"{dataset}_attentive_probe", ("top1_best",), ("tokens",), value,
-                    (_CROP, _KEYPOINTS, _NORMALIZE, _DATA, _PARTAWARE_ATTENTIVE, _ATTENTIVE_BASE_LR)
-                    + _PARTAWARE_RECIPE + ((_MAE_SHUFFLE,) if model == "mae" else ()),
-                    assumptions=(_BEST_EPOCH, "attentive variant partaware; official-code crops")))
+                    crops + (_PARTAWARE_ATTENTIVE, _ATTENTIVE_BASE_LR, _BN_BATCH, _EVAL_BATCH_256, _ALL_TOKENS,
+                             _TWELVE_HEADS) + _PARTAWARE_RECIPE + ((_MAE_SHUFFLE,) if model == "mae" else ()),
+                    assumptions=(_BEST_EPOCH, "attentive variant partaware; official-code crops") + notes))
     for model, (linear, attentive) in TABLE1_IMAGENET.items():
         values.append(PublishedValue(model, "Table 1", "Linear", "imagenet_linear_probe", ("top1_best",), ("cls",),
                                      linear, (_LINEAR_BN_HEAD, _CAE_EPOCHS, _DATA),

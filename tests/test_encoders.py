@@ -214,3 +214,31 @@ def test_student_branch_of_a_full_checkpoint_reproduces_the_original_student(sha
     with pytest.raises(CheckpointError, match="holds one network"):
         load_encoder(path.parent.parent / "mae_encoder" / "checkpoint.pth", format="mae", device="cpu",
                      arch=golden(shared, "mae_encoder")[1], branch="student")
+
+
+def test_float32_forward_turns_autocast_off_and_restores_it(shared):
+    from probes.encoders import float32_forward
+
+    path, arch, _ = golden(shared, "dino_vit_backbone")
+    enc = load_encoder(path, format="dino", arch=arch, device="cpu")
+    assert enc.autocast is True
+    with float32_forward(enc):
+        assert enc.autocast is False
+    assert enc.autocast is True
+    with float32_forward(enc, enabled=False):
+        assert enc.autocast is True
+    baseline = load_encoder("colorstats")                    # encoders without the switch are left alone
+    with float32_forward(baseline):
+        assert not hasattr(baseline, "autocast")
+
+
+def test_forward_identity_separates_what_changes_the_forward_pass(shared):
+    """Classification feature caches are keyed on it: a shuffle seed or a precision never reuses another's."""
+    from probes.encoders import forward_identity
+
+    path, arch, _ = golden(shared, "mae_encoder")
+    enc = load_encoder(path, format="mae", arch=arch, device="cpu")
+    assert forward_identity(enc) == {}
+    assert forward_identity(enc.shuffle_patch_tokens(True, seed=0)) == {"mae_token_shuffle": True, "shuffle_seed": 0}
+    assert forward_identity(enc.shuffle_patch_tokens(True, seed=1)) == {"mae_token_shuffle": True, "shuffle_seed": 1}
+    assert forward_identity(enc.shuffle_patch_tokens(False)) == {}

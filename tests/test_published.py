@@ -159,3 +159,25 @@ def test_provenance_names_paper_table_and_assumptions():
     source = match.sources["AP"]
     assert re.search(r"ICLR 2023.*Table 3, iBOT, Retrieval COCO Projected = 41.5", source)
     assert "self-match included" in source and "coco_dist_scope not recorded" in source
+
+
+def test_every_recorded_crop_and_probe_setting_must_be_the_papers():
+    """A number is compared only with the measurement it reproduces: any recorded deviation removes it."""
+    assert values("cub_part_retrieval", "dino", "patch_mean", {**OFFICIAL, "dist_filter": "official",
+                  "crop_shift": 0.0, "input_size": 224, "precision": "fp32"}) == {"AP": 48.9}
+    for change in ({"dist_filter": "none"}, {"crop_shift": 0.5}, {"input_size": 112},
+                   {"precision": "bf16-autocast"}):
+        assert values("cub_part_retrieval", "dino", "patch_mean", {**OFFICIAL, **change}) == {}, change
+    assert values("coco_part_retrieval", "dino", "patch_mean", {**OFFICIAL, "coco_dist_scope": "person"}) == {}
+    attentive = {"crop": "official-code", "attentive_variant": "partaware", "attentive_bn_eval": "batch",
+                 "eval_batch_size": 256, "tokens": "all", "num_heads": 12}
+    assert values("cub_attentive_probe", "dino", "tokens", attentive) == {"top1_best": 95.2}
+    for change in ({"attentive_bn_eval": "running"}, {"eval_batch_size": 16}, {"tokens": "patch"},
+                   {"num_heads": 1}, {"crop_shift": 0.25}):
+        assert values("cub_attentive_probe", "dino", "tokens", {**attentive, **change}) == {}, change
+
+
+def test_dino_values_say_which_branch_is_assumed():
+    match = lookup(task="cub_part_retrieval", model="dino", feature="patch_mean",
+                   protocol={**OFFICIAL, "weights_branch": "student"})
+    assert match.values == {"AP": 48.9} and "teacher or student" in match.sources["AP"]

@@ -86,13 +86,16 @@ def test_paper_text_preset_is_recorded(coco_root):
 def test_presets_and_explicit_overrides():
     assert part_retrieval.resolve_options("partaware") == {
         "crop": "official-code", "self_match": "included", "normalize": "imagenet", "coco_dist_scope": "code_exact",
-        "mae_token_shuffle": True}
+        "mae_token_shuffle": True, "precision": "fp32"}
     assert part_retrieval.resolve_options("clean")["self_match"] == "excluded"
     assert part_retrieval.resolve_options("clean")["coco_dist_scope"] == "person"
     assert part_retrieval.resolve_options("clean")["mae_token_shuffle"] is False
+    assert part_retrieval.resolve_options("clean")["precision"] == "bf16"      # on a GPU; a CPU runs float32
     options = part_retrieval.resolve_options("paper-text", coco_dist_scope="person", self_match="excluded", crop=None)
     assert options == {"crop": "paper", "self_match": "excluded", "normalize": "imagenet", "coco_dist_scope": "person",
-                       "mae_token_shuffle": True}
+                       "mae_token_shuffle": True, "precision": "fp32"}
+    with pytest.raises(ValueError, match="precision must be"):
+        part_retrieval.resolve_options("clean", precision="fp16")
     with pytest.raises(ValueError, match="crop must be one of"):
         part_retrieval.resolve_options("clean", crop="d/4")
 
