@@ -212,6 +212,13 @@ def shuffled_mae_tokens(encoder, enabled: bool, seed: int = 0):
             encoder.shuffle_patch_tokens(False)
 
 
+def mae_shuffle_protocol(encoder, shuffle: bool, seed: int) -> dict:
+    """The option as records carry it: for MAE checkpoints only, where it exists."""
+    if getattr(encoder, "format", None) != "mae":
+        return {}
+    return {"mae_token_shuffle": shuffle, "mae_token_shuffle_seed": seed if shuffle else None}
+
+
 def forward_identity(encoder) -> dict:
     """The switches that change an encoder's forward pass, for feature-cache keys (empty when all are off)."""
     identity = {}

@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from probes import paths
-from probes.encoders import forward_identity, shuffled_mae_tokens
+from probes.encoders import forward_identity, mae_shuffle_protocol, shuffled_mae_tokens
 from probes.features import extract_features
 from probes.heads import LINEAR_HEADS, build_head
 from probes.results import make_record, write_record
@@ -212,13 +212,6 @@ def mae_shuffle_applies(requested: bool | None, preset: str, dataset: str, encod
     """
     wanted = (preset == "partaware" and dataset in PART_DATASETS) if requested is None else bool(requested)
     return wanted and getattr(encoder, "format", None) == "mae"
-
-
-def mae_shuffle_protocol(encoder, shuffle: bool, seed: int) -> dict[str, Any]:
-    """The option as records carry it: for MAE checkpoints only, where it exists."""
-    if getattr(encoder, "format", None) != "mae":
-        return {}
-    return {"mae_token_shuffle": shuffle, "mae_token_shuffle_seed": seed if shuffle else None}
 
 
 def recipe_with_overrides(preset: str, head_family: str, *, epochs: int | None = None, batch_size: int | None = None,

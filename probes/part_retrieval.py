@@ -34,7 +34,7 @@ from pathlib import Path
 
 from probes import parts
 from probes.cli import add_model_options, add_run_options, parse_arch
-from probes.encoders import float32_forward, shuffled_mae_tokens
+from probes.encoders import float32_forward, forward_identity, mae_shuffle_protocol, shuffled_mae_tokens
 from probes.features import extract_dense_features, extract_features
 from probes.metrics import retrieval_metrics
 from probes.paths import results_dir
@@ -129,13 +129,12 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
     # bf16 autocast only where asked for and possible: the official pipeline ran in float32.
     on_cuda = getattr(encoder, "device", None) is not None and encoder.device.type == "cuda"
     precision = "bf16-autocast" if on_cuda and options["precision"] == "bf16" else "fp32"
-    shuffle = options["mae_token_shuffle"] and getattr(encoder, "format", None) == "mae"
-    cache_key = None if not cache else {
-        "encoder": encoder.info(), "input_size": input_size, "transform": transform.describe(),
-        "data": db.identity(), "crop": options["crop"], "precision": precision,
-        **({"mae_token_shuffle": True, "shuffle_seed": seed} if shuffle else {}),
-    }
-    with shuffled_mae_tokens(encoder, shuffle, seed=seed), float32_forward(encoder, precision == "fp32"):
+    with shuffled_mae_tokens(encoder, options["mae_token_shuffle"], seed=seed) as shuffle, \
+            float32_forward(encoder, precision == "fp32"):
+        cache_key = None if not cache else {
+            "encoder": encoder.info(), "input_size": input_size, "transform": transform.describe(),
+            "data": db.identity(), "crop": options["crop"], "precision": precision, **forward_identity(encoder),
+        }
         if options["crop"] == "dense":
             unknown = [f for f in features if f != "dense_patch"]
             if unknown:
@@ -165,9 +164,7 @@ def run(model: str = "dino", dataset: str = "cub", data_root=None, *, preset: st
             metrics.update({f"AP[{db.class_names[c]}]": 100 * v for c, v in scores["per_class_AP"].items()})
             protocol = _protocol(preset, options, db, dataset, mode, input_size, mean, std, precision, data_source,
                                  block)
-            if getattr(encoder, "format", None) == "mae":     # the option exists for MAE checkpoints only
-                protocol["mae_token_shuffle"] = shuffle
-                protocol["mae_token_shuffle_seed"] = seed if shuffle else None
+            protocol.update(mae_shuffle_protocol(encoder, shuffle, seed))
             notes = ["part-retrieval on generated data: not comparable with the paper"] \
                 if data_source == "synthetic" else []
             if scores["num_queries_without_positives"]:
