@@ -13,21 +13,15 @@ e.g. from ``enc.eval_transform()`` (the method's own transform from the registry
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import os
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from probes.zoo.build import VIT_CLASSES, load_model
-from probes.zoo.checkpoint import load_checkpoint
-from probes.zoo.convert import BRANCHED_FORMATS, detect_format
-from probes.zoo.download import fetch, file_hashes, is_offline
-from probes.zoo.errors import CheckpointError, OfflineError, RegistryError, ZooError
-from probes.zoo.registry import BASELINE_FORMAT, Arch, Transform, get_entry, local_entry, parse_arch
+from probes.zoo.build import VIT_CLASSES
+from probes.zoo.errors import ZooError
+from probes.zoo.registry import Arch, Transform
 
 FEATURES = ("cls", "patch_mean", "tokens", "patch_map", "block", "projection", "projection_patch")
 
@@ -244,149 +238,30 @@ def float32_forward(encoder, enabled: bool = True):
 
 
 # ------------------------------------------------------------------------------------------ loading
-def default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _override_arch(base: Arch, arch: Any, where: str) -> Arch:
-    """Registry arch with the caller's kwargs on top (e.g. ``{"kwargs": {"img_size": 448}}``)."""
-    if arch is None:
-        return base
-    if isinstance(arch, str):
-        return Arch(arch, dict(base.kwargs))
-    if isinstance(arch, Mapping) and set(arch) <= {"model", "kwargs"}:
-        return Arch(arch.get("model", base.model), {**base.kwargs, **dict(arch.get("kwargs") or {})})
-    return parse_arch(arch, where)
-
-
 def load_encoder(name: str | os.PathLike, format: str | None = None, arch: str | Mapping | Arch | None = None,
                  device: str | torch.device | None = None, offline: bool | None = None,
-                 transform: Transform | None = None, branch: str = "teacher") -> Encoder:
+                 transform: Transform | None = None, branch: str = "teacher", input_size: int | None = None) -> Encoder:
     """Load an encoder by registry name/alias, ``timm:<model>``, or checkpoint path (see module docstring).
 
-    ``arch`` is a timm model name or ``{"model": name, "kwargs": {...}}``; for registry entries its kwargs
-    are laid over the registry's. ``transform`` overrides the eval transform (local files default to
-    their method's). ``offline=True`` (or PARTPROBE_OFFLINE=1) never touches the network. ``branch``
-    picks the teacher (default) or the student of a full DINO / iBOT / CARP training checkpoint.
+    ``arch`` is a timm model name, ``{"model": name, "kwargs": {...}}``, or ``{"kwargs": {...}}`` laid over
+    the registry's (or, for a file, the architecture inferred from its tensors). ``transform`` overrides the
+    eval transform (local files default to their method's). ``offline=True`` (or PARTPROBE_OFFLINE=1) never
+    touches the network. ``branch`` picks the teacher (default) or the student of a full DINO / iBOT / CARP
+    training checkpoint. ``input_size`` builds the model for S x S inputs (position tables rebuilt by the
+    method's rule) and sets the transform's crop to S. The loading itself is ``probes.zoo.loader.load``.
     """
-    name = os.fspath(name)
-    if name.startswith("timm:"):
-        return _load_timm(name[len("timm:"):], device, offline)
-    path = Path(name).expanduser()
-    if path.is_file():
-        return _load_file(path, format, arch, device, transform, branch)
-    if os.sep in name or name.endswith((".pth", ".pt", ".tar", ".safetensors")):
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    entry = get_entry(name)
-    if entry.format == BASELINE_FORMAT:
+    from probes.zoo.loader import fit_baseline, load
+
+    loaded = load(name, format=format, arch=arch, offline=offline, transform=transform, branch=branch,
+                  input_size=input_size)
+    if loaded.is_baseline:
         try:
             from probes.baselines import build_baseline
         except ImportError as err:
-            raise ZooError(f"baseline {entry.name!r} needs probes.baselines.build_baseline ({err})") from None
-        return build_baseline(entry.name)
-    if format is not None and format != entry.format:
-        raise RegistryError(f"{entry.name}: registry format is {entry.format!r}; format={format!r} contradicts it")
-    checkpoint, sha256 = fetch(entry, offline=offline)
-    return _from_checkpoint(checkpoint, entry.format, _override_arch(entry.arch, arch, entry.name), device,
-                            name=entry.name, method=entry.method, source=entry.source, sha256=sha256,
-                            transform=transform or _fit_transform(entry.transform, arch), branch=branch)
-
-
-def _load_file(path: Path, format: str | None, arch: Any, device, transform: Transform | None,
-               branch: str = "teacher") -> Encoder:
-    obj = load_checkpoint(path)
-    fmt = format or detect_format(obj, where=str(path))
-    entry = local_entry(path, fmt, parse_arch(arch, str(path)) if arch is not None else None)
-    sha256, _ = file_hashes(path)
-    return _from_object(obj, fmt, entry.arch, device, name=entry.name, method=entry.method, source=str(entry.local_path),
-                        sha256=sha256, transform=transform or _fit_transform(entry.transform, arch), where=str(path),
-                        branch=branch)
-
-
-def _fit_transform(transform: Transform, arch: Any) -> Transform:
-    """The method's transform at the input size an ``img_size`` override asks for (same resize/crop ratio).
-
-    A ViT built at another resolution takes only that size, so the crop follows it; the ratio keeps the
-    method's Resize(256) -> CenterCrop(224) geometry.
-    """
-    kwargs = arch.get("kwargs", {}) if isinstance(arch, Mapping) else getattr(arch, "kwargs", None) or {}
-    size = kwargs.get("img_size")
-    if isinstance(size, (tuple, list)) and len(set(size)) == 1:
-        size = size[0]
-    if not isinstance(size, int) or size == transform.crop:
-        return transform
-    return dataclasses.replace(transform, crop=size, resize=round(size * transform.resize / transform.crop))
-
-
-def _from_checkpoint(path: Path, fmt: str, arch: Arch, device, **kw) -> Encoder:
-    return _from_object(load_checkpoint(path), fmt, arch, device, where=str(path), **kw)
-
-
-def _from_object(obj: Any, fmt: str, arch: Arch | None, device, *, name: str, method: str, source: str, sha256: str,
-                 transform: Transform, where: str, branch: str = "teacher") -> Encoder:
-    device = default_device(device)
-    loaded = load_model(obj, fmt, arch, where=where, device="cpu", branch=branch)
-    return Encoder(loaded.model, name=name, method=method, arch=loaded.arch, format=fmt, source=source,
-                   checkpoint_sha256=sha256, transform=transform, projection=loaded.projection,
-                   branch=branch if fmt in BRANCHED_FORMATS else None).to(device)
-
-
-# ------------------------------------------------------------------------------------------ timm
-def timm_transform(model_name: str) -> Transform:
-    """Eval transform from timm's pretrained cfg of a tagged model (``vit_small_patch16_224.dino``)."""
-    import timm
-
-    try:
-        cfg = timm.models.get_pretrained_cfg(model_name)
-    except RuntimeError:  # a known architecture with an unknown tag
-        cfg = None
-    if cfg is None:
-        raise RegistryError(f"timm:{model_name}: timm has no pretrained weights under that name "
-                            f"(see timm.list_models(pretrained=True))")
-    crop = int(cfg.input_size[-1])
-    interpolation = cfg.interpolation if cfg.interpolation in ("bicubic", "bilinear") else "bicubic"
-    return Transform(tuple(cfg.mean), tuple(cfg.std), interpolation, math.floor(crop / cfg.crop_pct), crop)  # as timm
-
-
-def _load_timm(model_name: str, device, offline: bool | None) -> Encoder:
-    import timm
-    from timm.models.resnet import ResNet
-
-    transform = timm_transform(model_name)
-    cfg = timm.models.get_pretrained_cfg(model_name)
-    cached = _hf_cached_file(cfg)
-    if is_offline(offline) and cached is None:
-        raise OfflineError(f"timm:{model_name}: weights are not in the Hugging Face cache and downloads are off. "
-                           f"Run once online, or fetch {cfg.hf_hub_id or cfg.url} into "
-                           f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}")
-    try:
-        model = timm.create_model(model_name, pretrained=True, num_classes=0)
-    except Exception as err:  # network and hub errors come in many types
-        raise OfflineError(f"timm:{model_name}: could not get timm's pretrained weights "
-                           f"({cfg.hf_hub_id or cfg.url}): {err}") from None
-    if not isinstance(model, VIT_CLASSES + (ResNet,)):
-        raise RegistryError(f"timm:{model_name}: {type(model).__name__} is not supported (ViT, BEiT or ResNet expected)")
-    cached = cached or _hf_cached_file(cfg)
-    sha256 = file_hashes(cached)[0] if cached else "unknown"
-    arch = Arch(model_name.split(".")[0], {"num_classes": 0})
-    return Encoder(model, name=f"timm:{model_name}", method="timm", arch=arch, format="timm",
-                   source=f"timm:{model_name} ({cfg.hf_hub_id or cfg.url})", checkpoint_sha256=sha256,
-                   transform=transform).to(default_device(device))
-
-
-def _hf_cached_file(cfg) -> Path | None:
-    if not getattr(cfg, "hf_hub_id", None):
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    repo = cfg.hf_hub_id.split("@")[0]
-    for filename in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"):
-        if filename:
-            found = try_to_load_from_cache(repo, filename)
-            if isinstance(found, str):
-                return Path(found)
-    return None
+            raise ZooError(f"baseline {loaded.name!r} needs probes.baselines.build_baseline ({err})") from None
+        return fit_baseline(build_baseline(loaded.name), input_size)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Encoder(loaded.model, name=loaded.name, method=loaded.method, arch=loaded.arch, format=loaded.format,
+                   source=loaded.source, checkpoint_sha256=loaded.checkpoint_sha256, transform=loaded.transform,
+                   projection=loaded.projection, branch=loaded.branch).to(device)

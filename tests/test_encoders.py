@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed
 
-from probes.encoders import load_encoder, timm_transform
+from probes.encoders import load_encoder
+from probes.zoo.timm_hub import timm_transform
 from probes.zoo.checkpoint import load_checkpoint
-from probes.zoo.convert import detect_format
+from probes.zoo.formats import detect_format
 from probes.zoo.errors import CheckpointError, OfflineError, RegistryError
 from probes.zoo.posembed import mae_sincos_pos_embed, mocov3_sincos_pos_embed
 from probes.zoo.registry import Transform
@@ -94,9 +95,9 @@ def test_timm_tagged_models_take_their_pretrained_cfg():
 
 
 def test_timm_weights_offline_and_not_cached_is_a_clear_error(monkeypatch):
-    import probes.encoders as encoders
+    import probes.zoo.timm_hub as timm_hub
 
-    monkeypatch.setattr(encoders, "_hf_cached_file", lambda cfg: None)
+    monkeypatch.setattr(timm_hub, "cached_weights", lambda cfg: None)
     monkeypatch.setenv("PARTPROBE_OFFLINE", "1")
     with pytest.raises(OfflineError, match="timm/vit_small_patch16_224.dino"):
         load_encoder("timm:vit_small_patch16_224.dino")

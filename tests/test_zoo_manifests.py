@@ -10,7 +10,7 @@ import torch
 
 from probes.zoo.build import heads_of, load_model
 from probes.zoo.checkpoint import load_checkpoint
-from probes.zoo.convert import detect_format
+from probes.zoo.formats import detect_format
 from probes.zoo.errors import CheckpointError
 from probes.zoo.manifest import fake_checkpoint, fake_state_dict, read_manifest
 from probes.zoo.registry import Arch, load_registry

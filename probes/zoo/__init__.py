@@ -2,27 +2,33 @@
 
 Most code wants :func:`probes.encoders.load_encoder`; this package is the machinery under it:
 
-    from probes.zoo import get_entry, fetch, load_checkpoint, convert, detect_format, load_model
+    from probes.zoo import load, get_entry, fetch, load_checkpoint, convert, detect_format, load_model
+    loaded = load("dino")                     # the one loading path: name, timm:<model> or file -> LoadedEncoder
     entry = get_entry("dino")                 # registry entry (aliases resolve)
     path, sha256 = fetch(entry)               # cached, verified download
     obj = load_checkpoint(path)               # torch.load(weights_only=True) + explicit allow-list
     state_dict, projection = convert(obj, entry.format)
     loaded = load_model(obj, entry.format, entry.arch)   # strict load into timm
 
-CLI: ``python -m probes.zoo list | info NAME | download NAME | verify NAME | detect FILE | convert FILE``.
+Per-format knowledge (method, transform, heads, converter, projection, branches, sin-cos, detection):
+``probes.zoo.formats.FORMATS``.
+
+CLI: ``python -m probes.zoo [--registry FILE] list | info NAME | download NAME | verify NAME|FILE |
+detect FILE | convert FILE``.
 """
 import importlib
 
 # Imported on first use, so that ``probes.zoo.download`` (used by the dataset downloads) does not pull
 # in torch and timm.
 _EXPORTS = {
-    "LoadedModel": "build", "load_model": "build",
+    "LoadedModel": "build", "load_model": "build", "infer_arch": "build",
     "load_checkpoint": "checkpoint",
-    "CONVERTERS": "convert", "convert": "convert", "detect_format": "convert",
+    "FORMATS": "formats", "FormatSpec": "formats", "convert": "formats", "detect_format": "formats",
+    "LoadedEncoder": "loader", "load": "loader",
     "cache_path": "download", "fetch": "download", "verify_file": "download",
     "CheckpointError": "errors", "ChecksumError": "errors", "DownloadError": "errors", "OfflineError": "errors",
     "RegistryError": "errors", "UnsafeCheckpointError": "errors", "ZooError": "errors",
-    "FORMATS": "registry", "Arch": "registry", "Entry": "registry", "Transform": "registry",
+    "Arch": "registry", "Entry": "registry", "Transform": "registry",
     "get_entry": "registry", "load_registry": "registry",
 }
 __all__ = sorted(_EXPORTS)

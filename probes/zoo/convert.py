@@ -1,6 +1,7 @@
 """One converter per released container format -> a clean timm state dict (+ the projection head).
 
-``convert(obj, format)`` returns ``(state_dict, projection_state or None)``. ``obj`` is what
+Each converter is named by its format's entry in ``probes.zoo.formats.FORMATS``;
+``probes.zoo.formats.convert(obj, format)`` returns ``(state_dict, projection_state or None)``. ``obj`` is what
 ``load_checkpoint`` read from the file. The state dict has timm's key names for the registry's target
 class (``VisionTransformer``, ``Beit`` for BEiT, ``ResNet``); the projection state is the head's own
 state dict with weight-norm already folded. Rules: checkpoints.md section 4.2 and golden/README.md.
@@ -10,7 +11,7 @@ some of these layouts (a top-level ``mask_token`` is taken for DINOv2, an ``enco
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -28,15 +29,17 @@ def describe(obj: Any) -> str:
     return f"an object of type {type(obj).__name__}"
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
+def is_state_dict(obj: Any) -> bool:
+    """A non-empty dict of tensors under string keys."""
+    return (isinstance(obj, Mapping) and bool(obj)
+            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()))
 
 
 def _entry(obj: Any, key: str, fmt: str, where: str) -> StateDict:
     if not isinstance(obj, Mapping) or key not in obj:
         raise CheckpointError(f"{where}: format {fmt!r} expects a dict with a {key!r} entry; found {describe(obj)}")
     sd = obj[key]
-    if not _is_state_dict(sd):
+    if not is_state_dict(sd):
         raise CheckpointError(f"{where}['{key}']: expected a non-empty dict of tensors; found {describe(sd)}")
     return dict(sd)
 
@@ -49,7 +52,7 @@ def _take(sd: Mapping[str, torch.Tensor], prefix: str, where: str) -> StateDict:
     return out
 
 
-def _strip_leading(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
+def strip_leading(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
 
 
@@ -68,14 +71,16 @@ def _drop(sd: Mapping[str, torch.Tensor], exact=(), prefixes=(), suffixes=()) ->
 def fold_weight_norm(head: Mapping[str, torch.Tensor]) -> StateDict:
     """Replace every ``X.weight_g``/``X.weight_v`` pair by ``X.weight = g * v / ||v||``.
 
-    ``torch.nn.utils.weight_norm`` (dim=0) normalises each output row of ``v`` over all other dims.
+    ``torch.nn.utils.weight_norm`` (dim=0) normalises each output row of ``v`` over all other dims. A row
+    whose ``v`` is all zeros has no direction; it becomes a zero row rather than torch's 0/0 = NaN (a NaN
+    or inf in ``g`` or ``v`` still gives a non-finite weight, which the loader refuses).
     """
     out = dict(head)
     for key in [k for k in head if k.endswith(".weight_g")]:
         base = key[: -len("weight_g")]
         g, v = out.pop(key), out.pop(base + "weight_v")
         norm = v.flatten(1).norm(dim=1).reshape(g.shape)
-        out[base + "weight"] = v * (g / norm)
+        out[base + "weight"] = v * torch.where(norm > 0, g / norm, torch.zeros_like(g))
     return out
 
 
@@ -117,7 +122,7 @@ def qkv_to_bias_qv(sd: Mapping[str, torch.Tensor], where: str) -> StateDict:
 
 def _backbone_and_head(sd: StateDict, where: str) -> tuple[StateDict, StateDict | None]:
     """DINO/iBOT/CARP MultiCropWrapper: ``[module.]backbone.*`` and ``[module.]head.*``."""
-    sd = _strip_leading(sd, "module.")
+    sd = strip_leading(sd, "module.")
     backbone = _take(sd, "backbone.", where)
     _, head = _split(sd, "head.")
     return backbone, head
@@ -140,7 +145,7 @@ def convert_mocov3(obj: Any, where: str):
 def convert_dino(obj: Any, where: str):
     if isinstance(obj, Mapping) and "teacher" in obj:
         raise CheckpointError(f"{where}: this is a full DINO training checkpoint ({describe(obj)}); use format 'dino_full'")
-    if not _is_state_dict(obj):
+    if not is_state_dict(obj):
         raise CheckpointError(f"{where}: format 'dino' expects a plain dict of tensors; found {describe(obj)}")
     return _drop(obj, prefixes=("fc.", "head.")), None
 
@@ -151,7 +156,7 @@ def convert_dino_full(obj: Any, where: str, branch: str = "teacher"):
 
 
 def convert_ibot(obj: Any, where: str):
-    sd = _strip_leading(_entry(obj, "state_dict", "ibot", where), "module.")
+    sd = strip_leading(_entry(obj, "state_dict", "ibot", where), "module.")
     # Student files (the IN-22k release) carry the mask-token parameter of masked image modelling.
     body, head = _split(_drop(sd, exact=("masked_embed",)), "head.")
     return body, (fold_weight_norm(head) if head else None)
@@ -169,7 +174,7 @@ def convert_beit(obj: Any, where: str):
             sd = _entry(obj, key, "beit", where)
             break
     else:
-        if not _is_state_dict(obj):
+        if not is_state_dict(obj):
             raise CheckpointError(f"{where}: format 'beit' expects {{'model': sd}}, {{'module': sd}} or a plain "
                                   f"state dict; found {describe(obj)}")
         sd = dict(obj)
@@ -183,7 +188,7 @@ def convert_mae(obj: Any, where: str):
 
 def convert_cae(obj: Any, where: str):
     sd = _entry(obj, "model", "cae", where) if isinstance(obj, Mapping) and "model" in obj else obj
-    if not _is_state_dict(sd):
+    if not is_state_dict(sd):
         raise CheckpointError(f"{where}: format 'cae' expects {{'model': sd}} or a state dict; found {describe(obj)}")
     # "starts with", never "contains": 'alignment_encoder.' also contains 'encoder.'.
     if any(k.startswith("encoder.") for k in sd):
@@ -210,11 +215,11 @@ def convert_carp(obj: Any, where: str, branch: str = "teacher"):
 
 
 def convert_timm(obj: Any, where: str):
-    if isinstance(obj, Mapping) and not _is_state_dict(obj):
+    if isinstance(obj, Mapping) and not is_state_dict(obj):
         for key in ("state_dict", "model"):
-            if key in obj and _is_state_dict(obj[key]):
+            if key in obj and is_state_dict(obj[key]):
                 return dict(obj[key]), None
-    if not _is_state_dict(obj):
+    if not is_state_dict(obj):
         raise CheckpointError(f"{where}: format 'timm' expects a state dict; found {describe(obj)}")
     return dict(obj), None
 
@@ -226,90 +231,3 @@ def convert_torchvision(obj: Any, where: str):
                               f"({describe(sd)})")
     # torchvision and timm ResNets share every parameter name.
     return _drop(sd, prefixes=("fc.",)), None
-
-
-CONVERTERS: dict[str, Callable[[Any, str], tuple[StateDict, StateDict | None]]] = {
-    "deit": convert_deit,
-    "mocov3": convert_mocov3,
-    "dino": convert_dino,
-    "dino_full": convert_dino_full,
-    "ibot": convert_ibot,
-    "ibot_full": convert_ibot_full,
-    "beit": convert_beit,
-    "mae": convert_mae,
-    "cae": convert_cae,
-    "mec": convert_mec,
-    "carp": convert_carp,
-    "timm": convert_timm,
-    "torchvision": convert_torchvision,
-}
-
-# The projection head each format carries, when it carries one (protocols.md section 2).
-PROJECTION_KINDS = {"mocov3": "mlp", "dino_full": "dino_head", "ibot": "ibot_head", "ibot_full": "ibot_head"}
-
-
-# Full training checkpoints hold two networks; evaluation uses the teacher (the official eval scripts'
-# --checkpoint_key default), but the part-aware retrieval code loaded DINO's student (protocols.md §8.5).
-BRANCHED_FORMATS = ("dino_full", "ibot_full", "carp")
-BRANCHES = ("teacher", "student")
-
-
-def convert(obj: Any, format: str, where: str = "checkpoint",
-            branch: str = "teacher") -> tuple[StateDict, StateDict | None]:
-    """Convert a loaded checkpoint of ``format`` into ``(timm_state_dict, projection_state or None)``.
-
-    ``branch`` picks the teacher or the student of a full training checkpoint (``BRANCHED_FORMATS``).
-    """
-    if format not in CONVERTERS:
-        raise CheckpointError(f"{where}: unknown format {format!r} (expected one of {sorted(CONVERTERS)})")
-    if branch not in BRANCHES:
-        raise CheckpointError(f"{where}: branch must be one of {BRANCHES}, got {branch!r}")
-    if format in BRANCHED_FORMATS:
-        return CONVERTERS[format](obj, where, branch=branch)
-    if branch != "teacher":
-        raise CheckpointError(f"{where}: format {format!r} holds one network; a {branch} branch exists only in "
-                              f"full training checkpoints ({', '.join(BRANCHED_FORMATS)})")
-    return CONVERTERS[format](obj, where)
-
-
-# ------------------------------------------------------------------------------ format detection
-def detect_format(obj: Any, where: str = "checkpoint") -> str:
-    """Guess the container format of a loaded checkpoint (checkpoints.md section 7)."""
-    if isinstance(obj, Mapping) and "teacher" in obj and "student" in obj:
-        teacher = obj["teacher"] if isinstance(obj["teacher"], Mapping) else {}
-        keys = list(_strip_leading(teacher, "module.")) if teacher else []
-        if any(k.startswith("backbone.conv1") for k in keys):
-            head = [k for k in keys if k.startswith("head.")]
-            # CARPHead has BatchNorm in its MLP (use_bn_in_head), DINOHead on ResNets does not.
-            return "carp" if any("running_mean" in k for k in head) else "dino_full"
-        student = _strip_leading(obj["student"], "module.backbone.") if isinstance(obj["student"], Mapping) else {}
-        if any(k.startswith("head.last_layer2") for k in keys) or "masked_embed" in student:
-            return "ibot_full"
-        return "dino_full"
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        sd = obj["state_dict"]
-        if any(k.startswith("module.base_encoder.") for k in sd):
-            return "mocov3"
-        if any(k.startswith("module.encoder.") for k in sd) and any(k.startswith("module.teacher.") for k in sd):
-            return "mec"
-        if "cls_token" in sd or "module.cls_token" in sd:
-            return "ibot"
-    for key in ("model", "module"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            sd = obj[key]
-            if any(k.startswith("encoder.") for k in sd):
-                return "cae"
-            if "rel_pos_bias.relative_position_bias_table" in sd or "lm_head.weight" in sd:
-                return "beit"
-            if any(k.endswith(".attn.q_bias") for k in sd):
-                # BEiT-style attention without relative bias: BEiT pt1k_800ep (no layer scale) or a stripped CAE encoder.
-                return "cae" if any(k.endswith(".gamma_1") for k in sd) else "beit"
-            if any(k.startswith("decoder_") for k in sd):
-                return "mae"
-            if "head.weight" in sd:
-                return "deit"
-            return "mae"
-    if _is_state_dict(obj):
-        return "dino"
-    raise CheckpointError(f"{where}: cannot recognise the checkpoint layout ({describe(obj)}); pass format= explicitly "
-                          f"(one of {sorted(CONVERTERS)})")

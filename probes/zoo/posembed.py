@@ -46,5 +46,3 @@ def mae_sincos_pos_embed(grid_size: tuple[int, int], embed_dim: int) -> torch.Te
     table = np.concatenate([np.zeros([1, embed_dim]), table], axis=0)
     return torch.from_numpy(table).float()[None]
 
-
-SINCOS_BY_FORMAT = {"mocov3": mocov3_sincos_pos_embed, "cae": mocov3_sincos_pos_embed, "mae": mae_sincos_pos_embed}

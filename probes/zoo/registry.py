@@ -1,7 +1,13 @@
-"""The checkpoint registry (``checkpoints.yaml`` at the repository root) and name resolution.
+"""The checkpoint registry (``checkpoints.yaml``) and name resolution.
 
 A name resolves to an :class:`Entry`: a registry name or alias, ``timm:<model>`` (timm's own pretrained
 weights), or a path to a local file (then ``format`` and optionally ``arch`` come from the caller).
+
+The registry a user reads and edits is ``checkpoints.yaml`` at the repository root. It ships inside the
+package as ``probes/zoo/checkpoints.yaml`` (package data; in a checkout that path is a symlink to the
+root file), so an installed copy finds it from any working directory. A user's own file adds entries:
+``PARTPROBE_REGISTRY=path/to/mine.yaml`` (or ``python -m probes.zoo --registry FILE``), with the same
+``models:`` layout; a name, alias or cache file name defined in both files is an error naming both.
 """
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import yaml
 
 from probes.zoo.errors import RegistryError
 
-REGISTRY_PATH = Path(__file__).resolve().parents[2] / "checkpoints.yaml"
+REGISTRY_PATH = Path(__file__).with_name("checkpoints.yaml")
+REGISTRY_ENV = "PARTPROBE_REGISTRY"
 
 INTERPOLATIONS = ("bicubic", "bilinear")
 
@@ -32,36 +39,16 @@ class Transform:
 IMAGENET = Transform((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
 
 
-STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16}  # head_dim 64
-TWELVE_HEAD_SMALL = {384: 12, 768: 12, 1024: 16}  # MoCo v3 and CAE: ViT-S has 12 heads (head_dim 32)
+def fit_transform(transform: Transform, size: int | None) -> Transform:
+    """The method's transform at another input size, keeping its resize/crop ratio (256/224 -> 73/64).
+
+    A ViT built at another resolution takes only that size, so the crop follows it.
+    """
+    if size is None or size == transform.crop:
+        return transform
+    return dataclasses.replace(transform, crop=size, resize=round(size * transform.resize / transform.crop))
 
 
-@dataclass(frozen=True)
-class FormatSpec:
-    method: str
-    transform: Transform = IMAGENET
-    # Heads per embed_dim. Shapes cannot tell heads apart, so the method decides (checkpoints.md section 7).
-    heads: Mapping[int, int] = field(default_factory=lambda: STANDARD_HEADS)
-    sincos: bool = False  # the file stores a fixed sin-cos pos-embed (regenerate it, never resample it)
-
-
-_BILINEAR = dataclasses.replace(IMAGENET, interpolation="bilinear")
-
-FORMATS: dict[str, FormatSpec] = {
-    "deit": FormatSpec("DeiT"),
-    "mocov3": FormatSpec("MoCo v3", _BILINEAR, heads=TWELVE_HEAD_SMALL, sincos=True),
-    "dino": FormatSpec("DINO"),
-    "dino_full": FormatSpec("DINO"),
-    "ibot": FormatSpec("iBOT"),
-    "ibot_full": FormatSpec("iBOT"),
-    "beit": FormatSpec("BEiT", Transform((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")),
-    "mae": FormatSpec("MAE", sincos=True),
-    "cae": FormatSpec("CAE", heads=TWELVE_HEAD_SMALL, sincos=True),
-    "mec": FormatSpec("MEC", _BILINEAR),
-    "carp": FormatSpec("CARP"),
-    "timm": FormatSpec("timm"),
-    "torchvision": FormatSpec("torchvision", _BILINEAR),
-}
 BASELINE_FORMAT = "baseline"
 
 
@@ -179,6 +166,8 @@ def parse_entry(name: str, raw: Any, where: str) -> Entry:
     if fmt == BASELINE_FORMAT:
         return Entry(name=name, format=fmt, method=str(raw.get("method", "baseline")),
                      aliases=tuple(raw.get("aliases") or ()), meta={k: raw[k] for k in _META_KEYS if k in raw})
+    from probes.zoo.formats import FORMATS  # torch is imported only once a registry is read
+
     if fmt not in FORMATS:
         raise _field_error(where, "format", f"got {fmt!r}", f"one of {sorted(FORMATS)} or {BASELINE_FORMAT!r}")
     for key in ("method", "file"):
@@ -218,27 +207,45 @@ def _is_hex(value: Any, length: int | None = None) -> bool:
 
 
 class Registry:
-    def __init__(self, entries: dict[str, Entry], path: Path):
+    """Entries of the shipped registry and of the user's file, each remembered with the file it came from."""
+
+    def __init__(self, entries: dict[str, Entry], origins: dict[str, Path]):
         self.entries = entries
-        self.path = path
+        self.origins = origins
+        self.paths = tuple(dict.fromkeys(origins.values()))
         self.aliases: dict[str, str] = {}
         files: dict[str, str] = {}
         for entry in entries.values():
+            where = f"{origins[entry.name]}, entry {entry.name!r}"
             for alias in entry.aliases:
-                if alias in entries or alias in self.aliases:
-                    raise RegistryError(f"{path}, entry {entry.name!r}: alias {alias!r} is already taken")
+                owner = alias if alias in entries else self.aliases.get(alias)
+                if owner is not None:
+                    raise RegistryError(f"{where}: alias {alias!r} is already taken by {owner!r}"
+                                        f"{self._also(owner, entry.name)}")
                 self.aliases[alias] = entry.name
             if entry.file:
                 if entry.file in files:
-                    raise RegistryError(f"{path}, entry {entry.name!r}, field 'file': {entry.file!r} is also "
-                                        f"the file of {files[entry.file]!r} (expected a unique cache file name)")
+                    owner = files[entry.file]
+                    raise RegistryError(f"{where}, field 'file': {entry.file!r} is also the file of {owner!r}"
+                                        f"{self._also(owner, entry.name)} (expected a unique cache file name)")
                 files[entry.file] = entry.name
+
+    def _also(self, owner: str, name: str) -> str:
+        return f" in {self.origins[owner]}" if self.origins[owner] != self.origins[name] else ""
+
+    @property
+    def path(self) -> Path:
+        """The shipped registry file."""
+        return self.paths[0]
+
+    def describe_paths(self) -> str:
+        return " + ".join(str(p) for p in self.paths)
 
     def get(self, name: str) -> Entry:
         key = self.aliases.get(name, name)
         if key not in self.entries:
             raise RegistryError(
-                f"unknown model {name!r}: not in {self.path} (names: {', '.join(sorted(self.entries))}; "
+                f"unknown model {name!r}: not in {self.describe_paths()} (names: {', '.join(sorted(self.entries))}; "
                 f"aliases: {', '.join(sorted(self.aliases))}); use 'timm:<model>' for timm weights "
                 "or a path to a checkpoint file with format=..."
             )
@@ -248,24 +255,47 @@ class Registry:
         return iter(self.entries.values())
 
 
-_CACHE: dict[tuple[str, int], Registry] = {}
+_CACHE: dict[tuple[str, int], dict[str, Entry]] = {}
 
 
-def load_registry(path: str | os.PathLike | None = None) -> Registry:
-    path = Path(path) if path is not None else REGISTRY_PATH
-    if not path.is_file():
-        raise RegistryError(f"{path}: checkpoint registry not found (it ships at the repository root)")
+def _read_entries(path: Path) -> dict[str, Entry]:
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _CACHE:
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise RegistryError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, Mapping) or not isinstance(raw.get("models"), Mapping):
             raise RegistryError(f"{path}: expected a top-level 'models' mapping")
-        entries = {name: parse_entry(name, value, str(path)) for name, value in raw["models"].items()}
-        _CACHE[key] = Registry(entries, path)
+        _CACHE[key] = {str(name): parse_entry(str(name), value, str(path)) for name, value in raw["models"].items()}
     return _CACHE[key]
+
+
+def user_registry_path() -> Path | None:
+    value = os.environ.get(REGISTRY_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def load_registry(path: str | os.PathLike | None = None, user: str | os.PathLike | None = None) -> Registry:
+    """The shipped registry (or ``path``) plus the user's file (``user``, default ``$PARTPROBE_REGISTRY``)."""
+    base = Path(path) if path is not None else REGISTRY_PATH
+    if not base.is_file():
+        raise RegistryError(f"{base}: checkpoint registry not found (it ships inside the package, probes/zoo/)")
+    base = base.resolve()  # in a checkout: the root checkpoints.yaml, the file to edit
+    entries, origins = dict(_read_entries(base)), dict.fromkeys(_read_entries(base), base)
+    user_path = Path(user).expanduser() if user is not None else user_registry_path()
+    if user_path is not None:
+        if not user_path.is_file():
+            raise RegistryError(f"{user_path}: user registry not found (set by {REGISTRY_ENV} or --registry; "
+                                "expected a YAML file with a top-level 'models' mapping)")
+        user_path = user_path.resolve()
+        if user_path != base:
+            for name, entry in _read_entries(user_path).items():
+                if name in entries:
+                    raise RegistryError(f"{user_path}, entry {name!r}: also defined in {base} (a user's registry "
+                                        "adds entries and never replaces shipped ones: rename yours)")
+                entries[name], origins[name] = entry, user_path
+    return Registry(entries, origins)
 
 
 def get_entry(name: str) -> Entry:
@@ -274,6 +304,8 @@ def get_entry(name: str) -> Entry:
 
 def local_entry(path: str | os.PathLike, format: str, arch: Arch | None = None) -> Entry:
     """An entry for a user's own file. The transform defaults to the format's method."""
+    from probes.zoo.formats import FORMATS
+
     if format not in FORMATS:
         raise RegistryError(f"{path}: unknown format {format!r} (expected one of {sorted(FORMATS)})")
     spec = FORMATS[format]
