@@ -243,3 +243,151 @@ def test_forward_identity_separates_what_changes_the_forward_pass(shared):
     assert forward_identity(enc.shuffle_patch_tokens(True, seed=0)) == {"mae_token_shuffle": True, "shuffle_seed": 0}
     assert forward_identity(enc.shuffle_patch_tokens(True, seed=1)) == {"mae_token_shuffle": True, "shuffle_seed": 1}
     assert forward_identity(enc.shuffle_patch_tokens(False)) == {}
+
+
+# ------------------------------------------------------------------------------------------ input_size
+@pytest.mark.parametrize("case,fmt,formula", [
+    ("mocov3_vit", "mocov3", mocov3_sincos_pos_embed),
+    ("mae_encoder", "mae", mae_sincos_pos_embed),
+    ("cae_full", "cae", mocov3_sincos_pos_embed),
+    ("deit_vit", "deit", None),
+])
+def test_input_size_rebuilds_or_resamples_the_position_table_and_fits_the_crop(shared, case, fmt, formula):
+    path, arch, _ = golden(shared, case)
+    enc = load_encoder(path, format=fmt, arch=arch, device="cpu", input_size=96)
+    assert enc.model.patch_embed.img_size == (96, 96)
+    if formula is not None:  # fixed sin-cos: regenerated with the method's own channel order
+        assert torch.equal(enc.model.pos_embed, formula((6, 6), 64))
+    else:  # learned: resampled like timm does
+        stored = load_checkpoint(path)["model"]["pos_embed"]
+        assert torch.allclose(enc.model.pos_embed, resample_abs_pos_embed(stored, [6, 6], num_prefix_tokens=1))
+    assert (enc.crop_size, enc.resize) == (96, round(96 * 256 / 224))  # the method's 256/224 ratio kept
+    assert enc.eval_transform()(Image.new("RGB", (300, 200))).shape == (3, 96, 96)
+    assert enc.features(torch.randn(1, 3, 96, 96), "patch_map").shape == (1, 64, 6, 6)
+
+
+def test_input_size_resizes_beits_relative_position_table(shared):
+    from timm.layers import resize_rel_pos_bias_table
+
+    path, arch, _ = golden(shared, "beit_pt")
+    enc = load_encoder(path, format="beit", arch=arch, device="cpu", input_size=96)
+    stored = load_checkpoint(path)["model"]["rel_pos_bias.relative_position_bias_table"]  # [(2*4-1)^2+3, 4]
+    table = enc.model.rel_pos_bias.relative_position_bias_table
+    assert tuple(table.shape) == ((2 * 6 - 1) ** 2 + 3, 4)
+    assert torch.equal(table, resize_rel_pos_bias_table(stored, new_window_size=(6, 6), new_bias_shape=tuple(table.shape)))
+    assert enc.features(torch.randn(1, 3, 96, 96), "tokens").shape == (1, 37, 64)
+
+
+def test_input_size_not_a_multiple_of_the_patch_is_refused_naming_valid_sizes(shared):
+    path, arch, _ = golden(shared, "mae_encoder")
+    with pytest.raises(CheckpointError, match=r"input_size 100 is not a multiple of the patch size 16; valid sizes: "
+                                              r"multiples of 16 \(nearest: 96 or 112\)"):
+        load_encoder(path, format="mae", arch=arch, device="cpu", input_size=100)
+    # the arch describes the file (built at 64); input_size is the size to run at
+    assert load_encoder(path, format="mae", arch=arch, device="cpu", input_size=80).model.patch_embed.img_size == (80, 80)
+
+
+def test_input_size_and_an_explicit_transform_must_agree(shared):
+    path, arch, _ = golden(shared, "deit_vit")
+    t = Transform(IMAGENET_MEAN, IMAGENET_STD, "bicubic", 110, 96)
+    assert load_encoder(path, format="deit", arch=arch, device="cpu", input_size=96, transform=t).resize == 110
+    with pytest.raises(CheckpointError, match="transform crop 96 contradicts input_size=128"):
+        load_encoder(path, format="deit", arch=arch, device="cpu", input_size=128, transform=t)
+
+
+def test_baseline_input_size_sets_its_crop():
+    enc = load_encoder("colorstats", input_size=64)
+    assert (enc.crop_size, enc.resize) == (64, 73)
+    assert enc.eval_transform()(Image.new("RGB", (200, 100))).shape == (3, 64, 64)
+    with pytest.raises(CheckpointError, match=r"input_size 70 is not a multiple of the patch size 16.*64 or 80"):
+        load_encoder("pixels", input_size=70)
+
+
+# ------------------------------------------------------------------------------------------ timm: cache first
+TIMM_TINY = "test_vit.r160_in1k"  # timm's own test ViT (0.4 M parameters)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of our own."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any name lookup or connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def put_in_hf_cache(cache, repo, state):
+    """The layout huggingface_hub writes: refs/main -> snapshots/<revision>/model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0123abcd")
+    (folder / "snapshots" / "0123abcd").mkdir(parents=True)
+    path = folder / "snapshots" / "0123abcd" / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_timm_weights_in_the_cache_load_without_any_network_call(hf_cache, no_network, capsys):
+    import timm
+
+    from probes.zoo.__main__ import main
+
+    torch.manual_seed(0)
+    state = timm.create_model(TIMM_TINY.split(".")[0], pretrained=False).state_dict()
+    path = put_in_hf_cache(hf_cache, f"timm/{TIMM_TINY}", state)
+    enc = load_encoder(f"timm:{TIMM_TINY}", device="cpu")   # online by default: the cache still comes first
+    assert torch.equal(enc.model.cls_token, state["cls_token"])
+    assert enc.checkpoint_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (enc.crop_size, enc.resize) == (160, 168)  # timm's cfg: crop_pct 0.95
+    small = load_encoder(f"timm:{TIMM_TINY}", device="cpu", input_size=96)
+    assert small.model.patch_embed.img_size == (96, 96) and (small.crop_size, small.resize) == (96, 101)
+    assert small.features(torch.randn(1, 3, 96, 96), "patch_map").shape[-2:] == (6, 6)
+    with pytest.raises(CheckpointError, match="not a multiple of the patch size 16"):
+        load_encoder(f"timm:{TIMM_TINY}", device="cpu", input_size=100)
+    assert main(["info", f"timm:{TIMM_TINY}", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["cached"], info["cache_path"], info["source"]) == (True, str(path), f"hf://timm/{TIMM_TINY}")
+    assert main(["download", f"timm:{TIMM_TINY}", "--offline"]) == 0
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in capsys.readouterr().out
+
+
+def test_timm_weights_not_cached_and_hub_unreachable_fail_fast_without_timm(hf_cache, monkeypatch, capsys):
+    import socket
+
+    import timm
+    from huggingface_hub import constants
+
+    from probes.zoo.__main__ import main
+
+    closed = socket.socket()  # a closed local port stands in for an unreachable hub
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm would retry the hub for a minute"))
+    with pytest.raises(OfflineError, match=f"network is unreachable \\(cannot connect to 127.0.0.1:{port}"):
+        load_encoder("timm:vit_small_patch16_224.dino")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="not in the cache and downloads are off"):
+        load_encoder("timm:vit_small_patch16_224.dino")
+    assert main(["info", "timm:vit_small_patch16_224.dino"]) == 0
+    out = capsys.readouterr().out
+    assert "hf://timm/vit_small_patch16_224.dino" in out and "dino_deitsmall16_pretrain.pth" in out
+    assert main(["download", "timm:vit_small_patch16_224.dino"]) == 1
+    assert "python -m probes.zoo download timm:vit_small_patch16_224.dino" in capsys.readouterr().err

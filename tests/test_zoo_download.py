@@ -1,5 +1,6 @@
-"""Downloads against a local HTTP server (127.0.0.1): Range resume after a cut connection, hash checks,
-the lock file, offline messages and Google Drive's confirm page."""
+"""Downloads against a local HTTP server (127.0.0.1): Range resume after a cut connection, validated resume
+(ETag / Last-Modified via If-Range, or the size), hash checks, first-use trust and the lock file, offline
+messages and Google Drive's confirm page."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,7 @@ import pytest
 
 from probes.paths import checkpoints_dir
 from probes.zoo import download
-from probes.zoo.errors import ChecksumError, DownloadError, OfflineError
+from probes.zoo.errors import CheckpointError, ChecksumError, DownloadError, OfflineError
 from probes.zoo.registry import IMAGENET, Arch, Entry
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -34,6 +35,8 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.cut_after: dict[str, list[int]] = {}  # path -> bytes to send on successive requests before closing
         self.ignore_range = False
+        self.validators = False  # send ETag + Last-Modified and honour If-Range
+        self.ignore_if_range = False  # a broken server: 206 whatever If-Range says
         self.requests: list[dict] = []
         server = self
 
@@ -44,7 +47,8 @@ class Server:
             def do_GET(self):
                 parsed = urllib.parse.urlparse(self.path)
                 query = dict(urllib.parse.parse_qsl(parsed.query))
-                server.requests.append({"path": parsed.path, "query": query, "range": self.headers.get("Range")})
+                server.requests.append({"path": parsed.path, "query": query, "range": self.headers.get("Range"),
+                                        "if_range": self.headers.get("If-Range")})
                 if parsed.path == "/drive/download":
                     return self.drive(query)
                 data = server.files.get(parsed.path)
@@ -72,6 +76,10 @@ class Server:
             def send_file(self, path, data):
                 start = 0
                 rng = self.headers.get("Range")
+                etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+                if_range = self.headers.get("If-Range")
+                if rng and server.validators and if_range and if_range != etag and not server.ignore_if_range:
+                    rng = None  # RFC 9110: a changed file is sent whole
                 if rng and not server.ignore_range:
                     start = int(rng.split("=")[1].split("-")[0])
                     if start >= len(data):
@@ -83,6 +91,9 @@ class Server:
                     self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(data) - start))
+                if server.validators:
+                    self.send_header("ETag", etag)
+                    self.send_header("Last-Modified", "Tue, 15 Nov 1994 12:45:26 GMT")
                 self.end_headers()
                 cuts = server.cut_after.get(path)
                 if cuts:
@@ -228,3 +239,137 @@ def test_google_drive_folder_only_entry_explains_the_manual_step():
     message = str(err.value)
     assert "https://drive.google.com/drive/folders/FOLDER42" in message
     assert str(checkpoints_dir() / "checkpoint0399.pth") in message
+
+
+# ----------------------------------------------------------------------------- validated resume, first-use trust
+def lock():
+    path = checkpoints_dir() / "hashes.lock.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def leave_a_part_file(server, monkeypatch, entry, at=300_000):
+    """An interrupted earlier run: the first `at` bytes in toy.pth.part, the server's validator beside it."""
+    server.cut_after["/toy.pth"] = [at]
+    monkeypatch.setattr(download, "ATTEMPTS", 1)
+    with pytest.raises(DownloadError, match="next run resumes"):
+        fetch(entry, progress=False)
+    monkeypatch.setattr(download, "ATTEMPTS", 4)
+    part = checkpoints_dir() / "toy.pth.part"
+    assert part.stat().st_size == at and (checkpoints_dir() / "toy.pth.part.json").is_file()
+    return part
+
+
+def flip(path, start, count):
+    data = bytearray(path.read_bytes())
+    for i in range(start, start + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_first_use_lock_records_trust_and_origin(server):
+    server.validators = True
+    server.files["/toy.pth"] = PAYLOAD
+    fetch(make_entry(server.url + "/toy.pth"), progress=False)
+    record = lock()["toy.pth"]
+    assert (record["sha256"], record["trust"]) == (SHA, "first-use")
+    assert record["origin"] == "downloaded from byte 0 in one validated session"
+    (checkpoints_dir() / "toy.pth").unlink()
+    fetch(make_entry(server.url + "/toy.pth", sha256=SHA), progress=False)
+    assert lock()["toy.pth"]["trust"] == "published"
+
+
+@pytest.mark.parametrize("validators", [True, False], ids=["etag", "size-only"])
+def test_flipped_bytes_in_a_part_then_resume_are_detected_and_never_recorded(server, monkeypatch, validators):
+    server.validators = validators
+    server.files["/toy.pth"] = PAYLOAD
+    entry = make_entry(server.url + "/toy.pth")  # no published hash: trust on first use
+    part = leave_a_part_file(server, monkeypatch, entry)
+    flip(part, 100_000, 2000)
+    with pytest.raises(ChecksumError, match="differs from a complete new download"):
+        fetch(entry, progress=False)
+    assert "toy.pth" not in lock()
+    assert list(checkpoints_dir().glob("toy.pth*")) == []
+    ranges = [r["range"] for r in server.requests]
+    assert ranges == [None, "bytes=300000-", None]  # resumed, then confirmed by a download from byte 0
+    assert (server.requests[1]["if_range"] is not None) == validators  # If-Range when the server gave an ETag
+    # the next run starts clean and records the right file
+    path, sha = fetch(entry, progress=False)
+    assert path.read_bytes() == PAYLOAD and lock()["toy.pth"]["sha256"] == SHA
+
+
+def test_flipped_bytes_with_a_published_hash_are_a_mismatch(server, monkeypatch):
+    server.validators = True
+    server.files["/toy.pth"] = PAYLOAD
+    entry = make_entry(server.url + "/toy.pth", sha256=SHA)
+    flip(leave_a_part_file(server, monkeypatch, entry), 10, 2000)
+    with pytest.raises(ChecksumError, match="!= published"):
+        fetch(entry, progress=False)
+    assert "toy.pth" not in lock() and list(checkpoints_dir().glob("toy.pth*")) == []
+
+
+def test_an_intact_resumed_first_use_download_is_confirmed_then_recorded(server, monkeypatch):
+    server.validators = True
+    server.files["/toy.pth"] = PAYLOAD
+    entry = make_entry(server.url + "/toy.pth")
+    leave_a_part_file(server, monkeypatch, entry)
+    path, sha = fetch(entry, progress=False)
+    assert sha == SHA and path.read_bytes() == PAYLOAD
+    assert lock()["toy.pth"]["origin"] == "resumed download, confirmed by a complete new download"
+    assert server.requests[1]["if_range"] is not None  # the resume carried the validator
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["validator-recorded", "no-validator"])
+def test_stale_part_larger_than_the_remote_file_restarts(server, with_state):
+    server.files["/toy.pth"] = PAYLOAD
+    part = checkpoints_dir() / "toy.pth.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(PAYLOAD[::-1] + b"x" * 5000)  # an older, longer file
+    if with_state:  # a validator the server does not check: only its 416 tells
+        (checkpoints_dir() / "toy.pth.part.json").write_text(json.dumps(
+            {"url": server.url + "/toy.pth", "etag": '"older"', "last_modified": None, "size": None}))
+    path, sha = fetch(make_entry(server.url + "/toy.pth"), progress=False)
+    assert path.read_bytes() == PAYLOAD and sha == SHA == lock()["toy.pth"]["sha256"]
+    ranges = [r["range"] for r in server.requests]
+    assert ranges == ([f"bytes={len(PAYLOAD) + 5000}-", None] if with_state else [None])  # 416, then from zero
+
+
+def test_stale_part_with_a_recorded_size_restarts_without_asking(server):
+    server.files["/toy.pth"] = PAYLOAD
+    part = checkpoints_dir() / "toy.pth.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"y" * (len(PAYLOAD) + 10))
+    (checkpoints_dir() / "toy.pth.part.json").write_text(json.dumps(
+        {"url": server.url + "/toy.pth", "etag": None, "last_modified": None, "size": len(PAYLOAD)}))
+    path, _ = fetch(make_entry(server.url + "/toy.pth", sha256=SHA), progress=False)
+    assert path.read_bytes() == PAYLOAD and [r["range"] for r in server.requests] == [None]
+
+
+@pytest.mark.parametrize("broken_server", [False, True], ids=["if-range", "server-ignores-if-range"])
+def test_changed_file_behind_the_url_restarts_from_zero(server, monkeypatch, broken_server):
+    server.validators = True
+    server.files["/toy.pth"] = PAYLOAD
+    new = PAYLOAD[::-1]
+    entry = make_entry(server.url + "/toy.pth", sha256=hashlib.sha256(new).hexdigest())
+    leave_a_part_file(server, monkeypatch, entry)
+    server.files["/toy.pth"] = new  # the file changed between the runs (same size, same Last-Modified)
+    server.ignore_if_range = broken_server
+    path, _ = fetch(entry, progress=False)
+    assert path.read_bytes() == new  # never the old head with the new tail
+
+
+def test_a_file_that_fails_its_layout_check_is_deleted_and_never_recorded(server):
+    server.files["/toy.pth"] = PAYLOAD  # bytes, not a checkpoint
+    with pytest.raises(CheckpointError, match="was deleted and no hash was recorded"):
+        download.fetch(make_entry(server.url + "/toy.pth"), progress=False)  # the real layout check
+    assert "toy.pth" not in lock() and list(checkpoints_dir().glob("toy.pth*")) == []
+
+
+def test_refetch_compares_the_cached_file_with_a_new_download(server):
+    server.files["/toy.pth"] = PAYLOAD
+    entry = make_entry(server.url + "/toy.pth")
+    fetch(entry, progress=False)
+    assert download.refetch(entry)[:2] == (SHA, SHA)
+    server.files["/toy.pth"] = PAYLOAD[::-1]
+    cached, fresh, _ = download.refetch(entry)
+    assert cached == SHA != fresh
+    assert not list(checkpoints_dir().glob(".toy.pth.refetch*"))  # the new download is not kept

@@ -143,3 +143,163 @@ def test_cli_detect_and_convert_roundtrip(shared, tmp_path, capsys):
     x = torch.load(golden / "input.pt", weights_only=True)
     expected = torch.load(golden / "expected.pt", weights_only=True)
     assert (enc.features(x, "tokens") - expected["tokens"]).abs().max() <= TOL
+
+
+# ------------------------------------------------------------------------------------- the user's registry
+def _user_file(tmp_path, models, name="mine.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def test_user_registry_adds_entries_through_the_environment_and_the_option(tmp_path, monkeypatch, capsys):
+    mine = _user_file(tmp_path, {"my_dino": {**GOOD, "file": "my_dino.pth", "aliases": ["mine"]}})
+    monkeypatch.setenv("PARTPROBE_REGISTRY", str(mine))
+    reg = load_registry()
+    assert reg.get("mine").name == "my_dino" and reg.origins["my_dino"] == mine.resolve()
+    assert reg.get("dino").name == "dino_vit_base16_full"  # the shipped entries stay
+    monkeypatch.delenv("PARTPROBE_REGISTRY")
+    with pytest.raises(RegistryError, match="unknown model 'mine'"):
+        load_registry().get("mine")
+    assert main(["--registry", str(mine), "info", "mine", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "my_dino" and info["registry"] == str(mine.resolve())
+    assert "PARTPROBE_REGISTRY" not in __import__("os").environ  # the option lasts for its command only
+    assert main(["--registry", str(mine), "list"]) == 0
+    assert f"+ {mine.resolve()}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("models,needle", [
+    ({"dino_vit_base16_full": GOOD}, "entry 'dino_vit_base16_full': also defined in"),
+    ({"x": {**GOOD, "aliases": ["dino"]}}, "alias 'dino' is already taken by 'dino_vit_base16_full' in"),
+    ({"x": {**GOOD, "file": "vit-b-300ep.pth.tar"}}, "'vit-b-300ep.pth.tar' is also the file of 'mocov3_vit_base_300ep' in"),
+])
+def test_a_clash_with_the_shipped_registry_names_both_files(tmp_path, monkeypatch, models, needle):
+    mine = _user_file(tmp_path, models)
+    monkeypatch.setenv("PARTPROBE_REGISTRY", str(mine))
+    with pytest.raises(RegistryError) as err:
+        load_registry()
+    message = str(err.value)
+    assert needle in message and str(mine.resolve()) in message and str(registry.REGISTRY_PATH.resolve()) in message
+
+
+def test_a_missing_user_registry_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTPROBE_REGISTRY", str(tmp_path / "nope.yaml"))
+    with pytest.raises(RegistryError, match="nope.yaml: user registry not found"):
+        load_registry()
+
+
+def test_the_shipped_registry_is_package_data_pointing_at_the_root_file():
+    assert registry.REGISTRY_PATH.parent.name == "zoo"
+    assert registry.REGISTRY_PATH.read_text() == (registry.REGISTRY_PATH.parents[2] / "checkpoints.yaml").read_text()
+    assert load_registry().path == (registry.REGISTRY_PATH.parents[2] / "checkpoints.yaml").resolve()  # the file to edit
+
+
+# ------------------------------------------------------------------------------------------- verify
+@pytest.fixture
+def unpublished_registry(tiny_registry, tmp_path, monkeypatch):
+    """The tiny DINO entry without a published hash: its hash is trusted on first use."""
+    data = yaml.safe_load(registry.REGISTRY_PATH.read_text())
+    del data["models"]["tiny_dino"]["sha256"]
+    path = tmp_path / "unpublished.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(registry, "REGISTRY_PATH", path)
+    return tiny_registry
+
+
+def _lock():
+    path = checkpoints_dir() / "hashes.lock.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_verify_records_a_hash_only_after_the_layout_check(unpublished_registry, shared, capsys):
+    cached = checkpoints_dir() / "tiny_dino_full.pth"
+    shutil.copy(shared / "golden/deit_vit/checkpoint.pth", cached)  # a real checkpoint, the wrong file
+    assert main(["verify", "tiny"]) == 1
+    assert "format 'dino_full' expects a dict with a 'teacher' entry" in capsys.readouterr().err
+    assert "tiny_dino_full.pth" not in _lock()
+    shutil.copy(unpublished_registry / "checkpoint.pth", cached)  # the right file is then accepted
+    assert main(["verify", "tiny"]) == 0
+    assert "loads strictly" in capsys.readouterr().out
+    assert _lock()["tiny_dino_full.pth"]["trust"] == "first-use"
+
+
+def test_verify_says_how_to_replace_a_wrong_lock_entry_and_reset_lock_does(unpublished_registry, shared, capsys):
+    cached = checkpoints_dir() / "tiny_dino_full.pth"
+    assert main(["verify", "tiny"]) == 0
+    good = _lock()["tiny_dino_full.pth"]["sha256"]
+    # a user replaces the file by a retrained one: the recorded hash now refuses it, and says what to do
+    obj = torch.load(cached, weights_only=False)
+    obj["teacher"]["backbone.cls_token"] = obj["teacher"]["backbone.cls_token"] + 1
+    torch.save(obj, cached)
+    assert main(["verify", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "recorded in" in err and "python -m probes.zoo verify tiny_dino --reset-lock" in err
+    assert "delete the key 'tiny_dino_full.pth' from" in err
+    assert main(["verify", "tiny", "--reset-lock"]) == 0
+    out = capsys.readouterr().out
+    assert f"forgot sha256 {good}" in out and "loads strictly" in out
+    assert _lock()["tiny_dino_full.pth"]["sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest() != good
+
+
+def test_verify_refetch_compares_with_a_new_download(unpublished_registry, monkeypatch, capsys):
+    from probes.zoo import download
+
+    sha = hashlib.sha256((checkpoints_dir() / "tiny_dino_full.pth").read_bytes()).hexdigest()
+    monkeypatch.setattr(download, "fresh_sha256", lambda entry, progress=True: (sha, entry.urls[0]))
+    assert main(["verify", "tiny", "--refetch"]) == 0
+    assert "a complete new download of https://example.org/tiny_dino_full.pth has the same sha256" in capsys.readouterr().out
+    monkeypatch.setattr(download, "fresh_sha256", lambda entry, progress=True: ("0" * 64, entry.urls[0]))
+    assert main(["verify", "tiny", "--refetch"]) == 1
+    assert f"the cached file (sha256 {sha}) differs from a new download" in capsys.readouterr().err
+
+
+def test_verify_takes_a_file_with_format_and_arch(shared, capsys):
+    golden = shared / "golden/mocov3_vit"
+    target = json.loads((golden / "meta.json").read_text())["timm_target"]["this_golden"]
+    path = str(golden / "checkpoint.pth")
+    assert main(["verify", path, "--arch", json.dumps({"model": target["create_model"], "kwargs": target["kwargs"]})]) == 0
+    out = capsys.readouterr().out
+    assert hashlib.sha256((golden / "checkpoint.pth").read_bytes()).hexdigest() in out
+    assert "'mocov3' converts and loads strictly" in out and "num_heads=8" in out and "with projection head" in out
+    assert main(["verify", path, "--format", "mocov3", "--arch-kwargs", '{"num_heads": 8}']) == 0
+    assert "img_size=64" in capsys.readouterr().out  # the rest inferred from the tensors
+    assert main(["verify", path, "--format", "deit"]) == 1
+    assert "expects a dict with a 'model' entry" in capsys.readouterr().err
+    assert not (checkpoints_dir() / "hashes.lock.json").exists()  # a user's file is never recorded
+
+
+# ------------------------------------------------------------------------------------------- convert
+def test_convert_writes_files_with_the_umasks_permissions(shared, tmp_path):
+    import os
+
+    golden = shared / "golden/dino_vit_full"
+    target = json.loads((golden / "meta.json").read_text())["timm_target"]["this_golden"]
+    arch = json.dumps({"model": target["create_model"], "kwargs": target["kwargs"]})
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        previous = os.umask(umask)
+        try:
+            out = tmp_path / f"u{umask:o}.safetensors"
+            assert main(["convert", str(golden / "checkpoint.pth"), "--arch", arch, "--out", str(out)]) == 0
+        finally:
+            os.umask(previous)
+        assert out.stat().st_mode & 0o777 == mode
+        assert (tmp_path / f"u{umask:o}.projection.safetensors").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize("case", ["mocov3_vit", "dino_vit_full"])
+def test_converted_file_loads_back_with_its_projection_sidecar(shared, tmp_path, case):
+    golden = shared / "golden" / case
+    target = json.loads((golden / "meta.json").read_text())["timm_target"]["this_golden"]
+    out = tmp_path / "model.safetensors"
+    assert main(["convert", str(golden / "checkpoint.pth"), "--arch-kwargs",
+                 json.dumps({"num_heads": target["kwargs"]["num_heads"]}), "--out", str(out)]) == 0
+    enc = load_encoder(out, format="timm", device="cpu")  # no arch: the file says what it was converted to
+    assert enc.has_projection and enc.method == {"mocov3_vit": "MoCo v3", "dino_vit_full": "DINO"}[case]
+    x = torch.load(golden / "input.pt", weights_only=True)
+    expected = torch.load(golden / "expected.pt", weights_only=True)
+    out_feats = enc.extract(x, ["tokens", "projection"])
+    assert (out_feats["tokens"] - expected["tokens"]).abs().max() <= TOL
+    assert (out_feats["projection"] - expected["projection"]).abs().max() <= TOL
+    (tmp_path / "model.projection.safetensors").unlink()
+    assert not load_encoder(out, format="timm", device="cpu").has_projection

@@ -207,11 +207,8 @@ def resolve_arch(arch: Arch | None, sd: Mapping[str, torch.Tensor], fmt: str, wh
     if dim is None:  # ResNets: no heads, no token pooling, any input size
         return Arch(arch.model, kwargs)
     kwargs.setdefault("global_pool", "token")  # 'avg' would swap the pretrained norm for a random fc_norm
-    if input_size is not None:
+    if input_size is not None:  # the size to run at; an arch's img_size describes the file
         check_input_size(input_size, patch_size_of(sd), where)
-        if kwargs.get("img_size", input_size) not in (input_size, [input_size] * 2, (input_size,) * 2):
-            raise CheckpointError(f"{where}: input_size={input_size} contradicts arch img_size={kwargs['img_size']!r}; "
-                                  "give one of them")
         kwargs["img_size"] = input_size
     spec = FORMATS.get(rules or fmt)
     method = spec.method if spec else (rules or fmt)

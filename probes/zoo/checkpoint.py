@@ -78,8 +78,9 @@ def load_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: expected a torch checkpoint (.pth zip or pickle) or a .safetensors file; "
                               f"found {kind}")
     try:
-        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # A file object, not the path: torch picks its reader from the name, and the content decides here.
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)), open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         refused = _refused_global(str(err))
         if refused is None:
