@@ -56,6 +56,10 @@ def test_one_yaml_entry_is_enough_to_load_a_model(tiny_registry, monkeypatch):
     # registry kwargs can be overridden per call (here: another resolution)
     big = load_encoder("tiny", arch={"kwargs": {"img_size": 96}}, device="cpu")
     assert big.features(torch.randn(1, 3, 96, 96), "tokens").shape == (1, 37, 64)
+    sized = load_encoder("tiny", input_size=96, device="cpu")  # the same through input_size, transform included
+    assert (sized.crop_size, sized.resize) == (96, 110)
+    x96 = torch.randn(1, 3, 96, 96)
+    assert torch.equal(sized.features(x96, "tokens"), big.features(x96, "tokens"))
 
 
 def test_registry_entry_that_is_not_cached_says_where_to_put_it(monkeypatch):
