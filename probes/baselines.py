@@ -26,6 +26,8 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
+from probes.encoders import ForwardOptions
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH = 16
@@ -59,10 +61,11 @@ def _downsample(regions: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(regions, PIXEL_GRID).flatten(1)
 
 
-class BaselineEncoder:
+class BaselineEncoder(ForwardOptions):
     """A fixed function of the pixels that answers the Encoder API (features, extract, info, transform)."""
 
     kind = "baseline"
+    format = "baseline"
     num_blocks = 1
     patch_size = PATCH
     has_projection = False

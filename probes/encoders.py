@@ -30,7 +30,63 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-class Encoder:
+class ForwardOptions:
+    """The forward-pass options an encoder holds (set once with ``configure``, part of its identity).
+
+    ``precision``: ``fp32`` or ``bf16`` (bf16 autocast, CUDA only; a CPU always runs float32).
+    ``mae_token_shuffle``: the official part-aware code's MAE bug (docs/protocols.md#mae-token-shuffle), which
+    exists for MAE checkpoints only and is ignored for every other format; its permutations come from a
+    generator seeded with ``shuffle_seed``. This class holds the one rule for both; ``Encoder`` and the
+    baselines share it.
+    """
+
+    precision = "fp32"
+    token_shuffle = False
+    token_shuffle_seed: int | None = None
+    load_options: dict = {}
+
+    def configure(self, precision: str = "fp32", mae_token_shuffle: bool = False, seed: int = 0,
+                  load_options: Mapping[str, Any] | None = None):
+        """Set the forward options (returns self). ``load_options``: the recorded options this encoder was
+        loaded with (``ModelOptions``), kept for its identity."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision = precision
+        self.shuffle_patch_tokens(bool(mae_token_shuffle) and self.format == "mae", seed=seed)
+        if load_options is not None:
+            self.load_options = dict(load_options)
+        return self
+
+    def shuffle_patch_tokens(self, enabled: bool = True, seed: int = 0):
+        if enabled:
+            raise ValueError(f"{self.name}: patch-token shuffling applies to MAE ViTs only")
+        return self
+
+    @property
+    def effective_precision(self) -> str:
+        """What the arithmetic really is: bf16 autocast only where asked for and on CUDA."""
+        device = getattr(self, "device", None)
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        return "bf16-autocast" if on_cuda and self.precision == "bf16" else "fp32"
+
+    def forward_protocol(self) -> dict[str, Any]:
+        """The forward options as records carry them; ``mae_token_shuffle`` only where it exists (MAE)."""
+        out: dict[str, Any] = {"precision": self.effective_precision}
+        if self.format == "mae":
+            out["mae_token_shuffle"] = self.token_shuffle
+            out["mae_token_shuffle_seed"] = self.token_shuffle_seed
+        extra = {k: v for k, v in self.load_options.items()
+                 if k not in ("precision", "mae_token_shuffle", "input_size")}
+        return {**out, **extra}
+
+    def identity(self) -> dict[str, Any]:
+        """What this encoder's outputs depend on: the weights and architecture (``info``), the forward options
+        and every recorded load option. Feature-cache keys are built from it (probes.features)."""
+        return {"encoder": self.info(), "forward": self.forward_protocol(), "input_size": self.crop_size,
+                "load_options": dict(sorted(self.load_options.items()))}
+
+
+class Encoder(ForwardOptions):
     """A frozen encoder in eval mode with its eval transform. See the module docstring and docs/CONTRACTS.md."""
 
     def __init__(self, model: nn.Module, *, name: str, method: str, arch: Arch, format: str, source: str,
@@ -58,12 +114,13 @@ class Encoder:
         self.token_shuffle = False
         self.token_shuffle_seed = None
         self._shuffle_hook = None
-        self.autocast = True  # bf16 autocast on CUDA; False keeps float32 (see float32_forward)
+        self.precision = "fp32"
+        self.load_options = {}
 
     def shuffle_patch_tokens(self, enabled: bool = True, seed: int = 0) -> "Encoder":
         """Permute each image's patch tokens at random before the position embedding is added.
 
-        This reproduces a bug of the official part-aware code's MAE path (protocols.md §8.4):
+        This reproduces a bug of the official part-aware code's MAE path (docs/protocols.md#mae-token-shuffle):
         ``random_masking(x, 0.)`` keeps every token but shuffles them, so the sin-cos position embeddings
         land on scrambled patches. The published MAE numbers of Table 3 were computed that way; the option
         exists to reproduce them (``mae_token_shuffle``) and is off unless asked for. The permutations come
@@ -132,7 +189,7 @@ class Encoder:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be a normalised [B, 3, H, W] batch, got shape {tuple(images.shape)}")
         images = images.to(self.device, non_blocking=True)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and self.autocast
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.effective_precision == "bf16-autocast"
                     else contextlib.nullcontext())
         with autocast:
             out = self._vit(images, features, block) if self.kind == "vit" else self._resnet(images, features, block)
@@ -189,53 +246,6 @@ class Encoder:
         return out
 
 
-@contextlib.contextmanager
-def shuffled_mae_tokens(encoder, enabled: bool, seed: int = 0):
-    """Within the block, MAE encoders shuffle their patch tokens as the official part-aware code did.
-
-    Yields whether the option applies: only to MAE checkpoints (``format == "mae"``), the one path of the
-    official code with this bug (protocols.md §7, ``mae_token_shuffle``). The encoder is restored on exit.
-    """
-    applies = bool(enabled) and getattr(encoder, "format", None) == "mae"
-    if applies:
-        encoder.shuffle_patch_tokens(True, seed=seed)
-    try:
-        yield applies
-    finally:
-        if applies:
-            encoder.shuffle_patch_tokens(False)
-
-
-def mae_shuffle_protocol(encoder, shuffle: bool, seed: int) -> dict:
-    """The option as records carry it: for MAE checkpoints only, where it exists."""
-    if getattr(encoder, "format", None) != "mae":
-        return {}
-    return {"mae_token_shuffle": shuffle, "mae_token_shuffle_seed": seed if shuffle else None}
-
-
-def forward_identity(encoder) -> dict:
-    """The switches that change an encoder's forward pass, for feature-cache keys (empty when all are off)."""
-    identity = {}
-    if getattr(encoder, "token_shuffle", False):
-        identity.update(mae_token_shuffle=True, shuffle_seed=encoder.token_shuffle_seed)
-    device = getattr(encoder, "device", None)
-    if device is not None and device.type == "cuda" and getattr(encoder, "autocast", False):
-        identity["precision"] = "bf16-autocast"
-    return identity
-
-
-@contextlib.contextmanager
-def float32_forward(encoder, enabled: bool = True):
-    """Within the block the encoder runs in float32 on CUDA too (no bf16 autocast), as the official code did."""
-    previous = getattr(encoder, "autocast", None)
-    if enabled and previous is not None:
-        encoder.autocast = False
-    try:
-        yield
-    finally:
-        if enabled and previous is not None:
-            encoder.autocast = previous
-
 
 # ------------------------------------------------------------------------------------------ loading
 def load_encoder(name: str | os.PathLike, format: str | None = None, arch: str | Mapping | Arch | None = None,
@@ -265,3 +275,23 @@ def load_encoder(name: str | os.PathLike, format: str | None = None, arch: str |
     return Encoder(loaded.model, name=loaded.name, method=loaded.method, arch=loaded.arch, format=loaded.format,
                    source=loaded.source, checkpoint_sha256=loaded.checkpoint_sha256, transform=loaded.transform,
                    projection=loaded.projection, branch=loaded.branch).to(device)
+
+
+# ------------------------------------------------------------------------------------------ from options
+# Recorded model options represented in an encoder's identity by their effective values, not as requested.
+_EFFECTIVE = ("precision", "mae_token_shuffle", "input_size")
+
+
+def load(options, device: str | torch.device | None = None, seed: int = 0):
+    """The encoder a config's ``ModelOptions`` describe, with its forward options set (``configure``).
+
+    ``seed`` seeds the MAE token shuffle. Every recorded model option is kept on the encoder
+    (``load_options``), so it reaches feature-cache keys and records without further code.
+    """
+    from probes.options import recorded_values
+
+    encoder = load_encoder(options.model, format=options.format, arch=options.arch_spec(), device=device,
+                           branch=options.branch, input_size=options.input_size)
+    extra = {k: v for k, v in recorded_values(options).items() if k not in _EFFECTIVE}
+    return encoder.configure(precision=options.precision or "fp32", mae_token_shuffle=bool(options.mae_token_shuffle),
+                             seed=seed, load_options=extra)

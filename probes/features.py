@@ -1,27 +1,28 @@
-"""Run an encoder over a dataset once: batched extraction with an on-disk, resumable feature cache.
+"""The one place that runs an encoder over a dataset: batched extraction with an on-disk, resumable cache.
 
-    feats = extract_features(encoder, PartCropDataset(db, transform), ["patch_mean", "cls"],
-                             cache_key={"encoder": encoder.info(), "data": db.identity(), ...})
-    feats["patch_mean"]   # float32 [N, D], row i = item i
+    feats = extract(encoder, view, ["patch_mean", "cls"], run=cfg.run)
+    feats["patch_mean"]   # float32 [N, D], row i = item i of the view
+
+``extract`` builds the cache key itself, from ``encoder.identity()`` (weights, architecture, forward options,
+load options) and ``view.identity()`` (data, crops, transform); no caller assembles one.
 
 Features per item (``feature`` x ``block``):
-- block None: the encoder's own ``cls``, ``patch_mean``, ``projection`` (or any other [B, D] feature).
-- block k: the output of block k (0-based) before the final norm. ViT: ``cls`` = its first token,
-  ``patch_mean`` = the mean of its patch tokens (prefix tokens excluded); ResNet stage maps: ``patch_mean``
-  = the spatial mean (a ResNet stage has no CLS token).
+- block None: the encoder's own features (``cls``, ``patch_mean``, ``projection``, ``tokens`` ...).
+- block k: from the output of block k (0-based) before the final norm. ViT: ``cls`` = its first token,
+  ``patch_mean`` = the mean of its patch tokens (prefix tokens excluded), ``tokens`` = all its tokens;
+  ResNet stage maps: ``patch_mean`` = the spatial mean (a ResNet stage has no CLS token).
 
-The dense protocol (``extract_dense_features``) encodes each *full image* once and samples the patch-token
-map at every keypoint of that image (bilinear ``grid_sample``; see ``sample_at_keypoints``).
+The dense protocol (``extract_dense``) encodes each *full image* once and samples the patch-token map at
+every keypoint of that image (bilinear ``grid_sample``; see ``sample_at_keypoints``). ``stream`` runs the
+encoder batch by batch for training loops whose inputs do not fit the cache.
 
 Cache layout, under ``probes.paths.features_dir()``::
 
     <hash16>/key.json                       the full cache key (what the features depend on)
     <hash16>/<feature>[@block<k>]/00000.pt  {"start", "stop", "values"} for items [start, stop)
 
-The key hash covers everything that changes the numbers (checkpoint sha256, transform, dataset identity,
-crop protocol: the caller's ``cache_key``) plus the number of items and the shard size. Every shard is
-written atomically when complete, so an interrupted extraction resumes at the first missing shard and a
-repeated run loads everything without one forward pass.
+Every shard is written atomically when complete, so an interrupted extraction resumes at the first
+missing shard and a repeated run loads everything without one forward pass.
 """
 from __future__ import annotations
 
@@ -50,21 +51,30 @@ def _num_patches(encoder, images: torch.Tensor) -> int | None:
 
 
 def encode_batch(encoder, images: torch.Tensor, features: Sequence[str], block: int | None = None) -> dict:
-    """Feature vectors [B, D] of one normalised batch, as float32 CPU tensors."""
+    """Features of one normalised batch, as float32 CPU tensors: vectors [B, D], or ``tokens`` [B, T, D]."""
     features = list(features)
     if block is None:
         out = encoder.extract(images, features)
         for name, value in out.items():
-            if value.ndim != 2:
+            if value.ndim != (3 if name == "tokens" else 2):
                 raise ValueError(f"feature {name!r} of {type(encoder).__name__} has shape {tuple(value.shape)}; "
-                                 f"a retrieval feature must be one vector per image ([B, D])")
+                                 f"a feature is one vector per image ([B, D]), or tokens [B, T, D]")
         return {name: value.float().cpu() for name, value in out.items()}
-    unknown = [f for f in features if f not in POOLED_FROM_BLOCK]
+    unknown = [f for f in features if f not in POOLED_FROM_BLOCK + ("tokens",)]
     if unknown:
-        raise ValueError(f"with block={block} the features are pooled from that block's output: "
-                         f"{list(POOLED_FROM_BLOCK)} are possible, not {unknown}")
+        raise ValueError(f"with block={block} the features come from that block's output: "
+                         f"{list(POOLED_FROM_BLOCK) + ['tokens']} are possible, not {unknown}")
     output = encoder.extract(images, ["block"], block=block)["block"].float().cpu()
-    return {name: pool_block(output, name, _num_patches(encoder, images)) for name in features}
+    out = {}
+    for name in features:
+        if name == "tokens":
+            if output.ndim != 3:
+                raise ValueError(f"block {block} of {type(encoder).__name__} gives shape {tuple(output.shape)}, "
+                                 f"not tokens [B, T, D]")
+            out[name] = output
+        else:
+            out[name] = pool_block(output, name, _num_patches(encoder, images))
+    return out
 
 
 def pool_block(output: torch.Tensor, feature: str, num_patches: int | None) -> torch.Tensor:
@@ -171,43 +181,60 @@ def cached_extraction(num_items: int, columns: Sequence[str],
     return {column: torch.cat(parts[column]) for column in columns}
 
 
-# --- crops: one image per item -------------------------------------------------------------------------------
+# --- one image per item ---------------------------------------------------------------------------------------
 def _images_only(batch):
     return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
-def extract_features(encoder, dataset, features: Iterable[str] = ("cls", "patch_mean"), block: int | None = None,
-                     batch_size: int = 64, cache_key: dict | None = None, num_workers: int = 0, *,
-                     shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True,
-                     description: str = "features") -> dict[str, torch.Tensor]:
-    """Encode every item of ``dataset`` (items: normalised image tensors, or (tensor, label) pairs).
+def _loader(encoder, dataset, items, batch_size: int, num_workers: int):
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(items)), batch_size=batch_size,
+                                       shuffle=False, num_workers=num_workers,
+                                       pin_memory=getattr(encoder, "device", torch.device("cpu")).type == "cuda")
 
-    Returns {feature: float32 [N, D]} in dataset order. With ``cache_key`` (a JSON-able dict naming
-    everything the features depend on: encoder info incl. checkpoint sha256, transform, dataset identity,
-    crop protocol), features are cached on disk in shards and reused; without it nothing is written.
+
+def cache_key(encoder, view, block: int | None, protocol: str = "crops") -> dict:
+    """What the features of ``view`` through ``encoder`` depend on."""
+    return {"encoder": encoder.identity(), "view": view.identity(), "block": block, "protocol": protocol}
+
+
+def extract(encoder, view, features: Iterable[str] = ("cls", "patch_mean"), block: int | None = None, run=None, *,
+            shard_size: int = DEFAULT_SHARD_SIZE, description: str | None = None) -> dict[str, torch.Tensor]:
+    """Encode every item of ``view``; returns {feature: float32 tensor [N, ...]} in view order.
+
+    ``run`` (``probes.options.RunOptions``, or None for its defaults) gives the batch size, the workers, and
+    whether the on-disk cache is used.
     """
+    from probes.options import RunOptions
+
+    run = run or RunOptions()
     features = list(dict.fromkeys(features))
     if not features:
         raise ValueError("no feature requested")
     column_of = {feature: _column_name(feature, block) for feature in features}
     feature_of = {column: feature for feature, column in column_of.items()}
+    dataset = view.dataset
 
     def compute(items: range, missing_columns: list[str]) -> dict[str, torch.Tensor]:
         wanted = [feature_of[column] for column in missing_columns]
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(items)), batch_size=batch_size,
-                                             shuffle=False, num_workers=num_workers,
-                                             pin_memory=getattr(encoder, "device", torch.device("cpu")).type == "cuda")
         chunks: dict[str, list] = {feature: [] for feature in wanted}
-        for batch in loader:
+        for batch in _loader(encoder, dataset, items, run.batch_size, run.num_workers):
             out = encode_batch(encoder, _images_only(batch), wanted, block)
             for feature in wanted:
                 chunks[feature].append(out[feature])
         return {column_of[feature]: torch.cat(chunks[feature]) for feature in wanted}
 
-    key = None if cache_key is None else {"cache_key": cache_key, "block": block}
+    key = cache_key(encoder, view, block) if run.cache else None
     out = cached_extraction(len(dataset), list(column_of.values()), compute, cache_key=key, shard_size=shard_size,
-                            progress=progress, description=description)
+                            progress=not run.quiet, description=description or f"{view.split} features")
     return {feature: out[column_of[feature]] for feature in features}
+
+
+def stream(encoder, view, feature: str, block: int | None, batches, num_workers: int = 0):
+    """Encoder outputs of ``view`` for each batch of item indices, computed on the fly (never cached)."""
+    loader = torch.utils.data.DataLoader(view.dataset, batch_sampler=[list(b) for b in batches],
+                                         num_workers=num_workers)
+    for batch in loader:
+        yield encode_batch(encoder, _images_only(batch), [feature], block)[feature]
 
 
 # --- dense: one full image per image, sampled at keypoints -----------------------------------------------------
@@ -236,24 +263,6 @@ def sample_at_keypoints(feature_map: torch.Tensor, grid: torch.Tensor) -> torch.
     return sampled[0, :, 0].T.contiguous()
 
 
-class FullImageDataset(torch.utils.data.Dataset):
-    """Whole images resized (aspect not kept) to S x S with PIL bicubic and normalised: the dense protocol's input."""
-
-    def __init__(self, paths: Sequence[str], transform):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-        with Image.open(self.paths[index]) as image:
-            size = image.size
-            tensor = self.transform(image.convert("RGB"))
-        return tensor, torch.tensor(size)
-
-
 def dense_map(encoder, images: torch.Tensor, block: int | None) -> torch.Tensor:
     """Patch-token map [B, D, h, w]: after the final norm (block None) or block k's output before it."""
     if block is None:
@@ -267,15 +276,18 @@ def dense_map(encoder, images: torch.Tensor, block: int | None) -> torch.Tensor:
     return patches.transpose(1, 2).reshape(output.shape[0], -1, h, w)
 
 
-def extract_dense_features(encoder, items: Sequence, transform, *, block: int | None = None, batch_size: int = 16,
-                           cache_key: dict | None = None, num_workers: int = 0,
-                           shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True) -> torch.Tensor:
+def extract_dense(encoder, view, block: int | None = None, run=None, *,
+                  shard_size: int = DEFAULT_SHARD_SIZE) -> torch.Tensor:
     """Dense protocol: float32 [N, D], row i = the patch-token map of item i's full image at its keypoint.
 
-    ``items`` need ``image_path`` and ``keypoint`` (pixel indices, x, y); ``transform`` resizes a full
-    image to the encoder's input size S x S (``probes.parts.CropTransform(S, ...)``). Each distinct
-    image of a shard is encoded once.
+    ``view`` is a ``probes.views.parts.PartKeypointView`` (items with ``image_path`` and ``keypoint`` in
+    pixel indices; full images resized to the encoder's input size S x S). Each distinct image of a shard
+    is encoded once.
     """
+    from probes.options import RunOptions
+
+    run = run or RunOptions()
+    items = view.items
     column = _column_name("dense_patch", block)
 
     def compute(rows: range, missing_columns: list[str]) -> dict[str, torch.Tensor]:
@@ -284,8 +296,8 @@ def extract_dense_features(encoder, items: Sequence, transform, *, block: int | 
         for row, item in enumerate(chunk):
             rows_of.setdefault(item.image_path, []).append(row)
         paths = list(rows_of)
-        loader = torch.utils.data.DataLoader(FullImageDataset(paths, transform), batch_size=batch_size,
-                                             shuffle=False, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(view.images(paths), batch_size=run.batch_size, shuffle=False,
+                                             num_workers=run.num_workers)
         out: list = [None] * len(chunk)
         done = 0
         for images, image_sizes in loader:
@@ -298,6 +310,6 @@ def extract_dense_features(encoder, items: Sequence, transform, *, block: int | 
                 done += 1
         return {column: torch.stack(out)}
 
-    key = None if cache_key is None else {"cache_key": cache_key, "block": block, "protocol": "dense"}
+    key = cache_key(encoder, view, block, protocol="dense") if run.cache else None
     return cached_extraction(len(items), [column], compute, cache_key=key, shard_size=shard_size,
-                             progress=progress, description="dense features")[column]
+                             progress=not run.quiet, description="dense features")[column]

@@ -224,7 +224,8 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
 
     Returns fractions in [0, 1]:
     ``{"AP", "mAP", "P@k"..., "per_class_AP": {label: AP}, "per_class_count": {label: n},
-    "num_queries": Q, "num_queries_without_positives": n}``.
+    "num_queries": Q, "num_queries_without_positives": n, "per_query_AP": float64 [Q] (NaN: no positive),
+    "per_query_P@k": float64 [Q]...}``.
     Queries without any positive (NaN AP) are left out of every mean and counted.
     """
     query, q_labels, gallery, g_labels, same = _setup(query_features, query_labels, gallery_features,
@@ -266,6 +267,8 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
     }
     for k in ks:
         result[f"P@{k}"] = float(precision[k].numpy()[valid].mean())
+        result[f"per_query_P@{k}"] = precision[k].numpy()
+    result["per_query_AP"] = ap_np
     return result
 
 
@@ -359,3 +362,26 @@ def knn_classify(train_features, train_labels, test_features=None, test_labels=N
         top5 = correct[:, :min(5, k)].sum().item() / len(test_labels)
         result[k] = {"top1": top1, "top5": top5}
     return result
+
+
+def knn_metrics(train_features, train_labels, eval_features, eval_labels, options, num_classes: int,
+                device=None) -> tuple[dict, list[str]]:
+    """The kNN record of one feature (``options``: ``probes.options.KnnOptions``), in percent.
+
+    ``top1``/``top5`` at the reported k, and ``top1_k<k>``/``top5_k<k>`` for every k evaluated. Without
+    evaluation features the training set is classified leave-one-out. Returns (metrics, notes).
+    """
+    n_train = len(train_labels) - (1 if eval_features is None else 0)
+    scores = knn_classify(train_features, train_labels, eval_features, eval_labels, ks=tuple(options.knn_ks),
+                          temperature=options.knn_temperature, num_classes=num_classes, device=device)
+    metrics = {"top1": 100 * scores[options.knn_k]["top1"], "top5": 100 * scores[options.knn_k]["top5"]}
+    for k in options.knn_ks:
+        metrics[f"top1_k{k}"] = 100 * scores[k]["top1"]
+        metrics[f"top5_k{k}"] = 100 * scores[k]["top5"]
+    notes = [f"k larger than the {n_train} training items uses all of them"] if max(options.knn_ks) > n_train else []
+    return metrics, notes
+
+
+def knn_protocol(options) -> dict:
+    """The kNN settings as records carry them (one kNN protocol for every script)."""
+    return {"knn_k": options.knn_k, "knn_ks": list(options.knn_ks), "knn_temperature": options.knn_temperature}

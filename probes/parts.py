@@ -55,7 +55,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from probes.fileio import write_json_atomic
@@ -360,57 +359,6 @@ def _coco_distances(entries: list[tuple], scope: str) -> np.ndarray:
         rows = np.flatnonzero(ann_ids == ann_id)
         out[rows] = nearest_distances(np.array([entries[r][1:3] for r in rows], dtype=np.float64))
     return out
-
-
-# --- tensors for the encoder ----------------------------------------------------------------------------------
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class CropTransform:
-    """PIL crop -> normalised tensor [3, S, S]: PIL antialiased bicubic resize to S x S, ToTensor, Normalize.
-
-    The official pipeline's ``Resize(224, interpolation=3)`` on a square PIL crop is exactly this resize.
-    """
-
-    def __init__(self, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.size = int(size)
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
-        # ToTensor + Normalize in numpy float32: the same IEEE operations as torchvision's (x / 255 - mean) / std,
-        # several times faster than tensor ops on one small image.
-        pixels = np.asarray(image, dtype=np.float32) / np.float32(255)
-        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-
-    def describe(self) -> str:
-        return f"PIL bicubic resize to {self.size}x{self.size}; ToTensor; Normalize(mean={list(self.mean)}, std={list(self.std)})"
-
-
-class PartCropDataset(torch.utils.data.Dataset):
-    """(tensor, label) per part patch: ``transform(db.crop(i))``. Works with DataLoader workers."""
-
-    def __init__(self, db: PartDatabase, transform):
-        self.db = db
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.db)
-
-    def __getitem__(self, index: int):
-        return self.transform(self.db.crop(index)), int(self.db.items[index].label)
-
-
-def normalization(name: str, encoder) -> tuple[tuple, tuple]:
-    """Mean/std for ``retrieval_normalize``: "imagenet" (the paper, every model) or "model" (its own)."""
-    if name == "imagenet":
-        return IMAGENET_MEAN, IMAGENET_STD
-    if name == "model":
-        return tuple(encoder.mean), tuple(encoder.std)
-    raise ValueError(f"normalize must be 'imagenet' or 'model', got {name!r}")
 
 
 def part_counts_table(db: PartDatabase) -> str:

@@ -33,15 +33,18 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from probes import __version__
-from probes.fileio import write_json_atomic
+from probes.fileio import write_bytes_atomic, write_json_atomic
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
+READABLE_VERSIONS = ("1.0", "2.0")      # 1.0 records are upgraded on read (upgrade_record)
 SCHEMA_PATH = Path(__file__).with_name("results_schema.json")
 
 # Probe names the suite writes; the task is "<dataset>_<probe>", e.g. "cub_part_retrieval".
@@ -50,6 +53,7 @@ PROBES = ("part_retrieval", "object_retrieval", "knn", "linear_probe", "attentiv
 RUN_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
 CONFIG_HASH_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 SHA256_PATTERN = re.compile(r"^([0-9a-f]{64})?$")  # empty for encoders without a checkpoint file (baselines)
+CONFIG_NAME = "config.json"                       # the run's configuration, beside its records (schema 2.0)
 
 
 class RecordError(ValueError):
@@ -68,6 +72,7 @@ class RunRecord:
     model: str
     method: str
     arch: str
+    format: str
     checkpoint_sha256: str
     feature: str
     block: int | None
@@ -76,20 +81,27 @@ class RunRecord:
     published: dict[str, float]
     delta: dict[str, float]
     seed: int | None
+    data_sha256: str
     package_version: str
     git_commit: str
     created: str
     wall_time_s: float
     device: str
+    content_sha256: str
     notes: list[str] = field(default_factory=list)
     # metric key -> where its published value comes from (table, column, mapping assumptions)
     published_source: dict[str, str] = field(default_factory=dict)
+    # descriptions of protocol settings (prose); not part of config_hash
+    protocol_notes: dict[str, str] = field(default_factory=dict)
+    # artifact name -> file name beside the record (per-query tables, top-k lists, crop boxes)
+    artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> "RunRecord":
+        data = upgrade_record(data, source)
         validate_record(data, source)
         names = [f.name for f in dataclasses.fields(cls)]
         return cls(**{k: data[k] for k in names if k in data})
@@ -98,12 +110,15 @@ class RunRecord:
     def load(cls, path: str | os.PathLike) -> "RunRecord":
         return cls.from_dict(read_record_json(path), source=str(path))
 
+    def identity(self) -> dict[str, Any]:
+        return record_identity(self.to_dict())
+
 
 # ---------------------------------------------------------------------------------------------------
 # Validation: the same rules as results_schema.json, with messages that name file, field, expectation.
 # ---------------------------------------------------------------------------------------------------
 
-_OPTIONAL_FIELDS = {"notes": list, "published_source": dict}
+_OPTIONAL_FIELDS = {"notes": list, "published_source": dict, "protocol_notes": dict, "artifacts": dict}
 
 
 def _is_number(value: Any) -> bool:
@@ -123,7 +138,12 @@ def _is_json_plain(value: Any) -> bool:
 
 
 def validate_record(data: Any, source: str = "<dict>") -> None:
-    """Raise RecordError naming ``source``, the field and what was expected, at the first violation."""
+    """Raise RecordError naming ``source``, the field and what was expected, at the first violation.
+
+    Checks schema 2.0 (upgrade a 1.0 record first with ``upgrade_record``), including the cross-field rules
+    a JSON Schema cannot state and the record's own digest (``content_sha256``): a record edited by hand is
+    refused.
+    """
     def fail(name: str, expected: str, value: Any = dataclasses.MISSING) -> None:
         got = "" if value is dataclasses.MISSING else f", got {value!r}"
         raise RecordError(f"{source}: field {name!r}: expected {expected}{got}")
@@ -141,8 +161,8 @@ def validate_record(data: Any, source: str = "<dict>") -> None:
     if unknown:
         raise RecordError(f"{source}: unknown field(s) {unknown} in a result record (schema {SCHEMA_VERSION})")
 
-    for name in ("probe", "task", "dataset", "split", "model", "method", "arch", "feature",
-                 "package_version", "git_commit", "device"):
+    for name in ("probe", "task", "dataset", "split", "model", "method", "arch", "format", "feature",
+                 "package_version", "git_commit", "device", "data_sha256", "content_sha256"):
         if not isinstance(data[name], str):
             fail(name, "a string", data[name])
     for name in ("probe", "task", "dataset", "split", "model", "feature"):
@@ -152,9 +172,9 @@ def validate_record(data: Any, source: str = "<dict>") -> None:
         fail("run_id", "'<UTC yyyymmddThhmmssffffff>Z-<8 hex>'", data["run_id"])
     if not isinstance(data["config_hash"], str) or not CONFIG_HASH_PATTERN.match(data["config_hash"]):
         fail("config_hash", "16 lowercase hex digits", data["config_hash"])
-    if not isinstance(data["checkpoint_sha256"], str) or not SHA256_PATTERN.match(data["checkpoint_sha256"]):
-        fail("checkpoint_sha256", "64 lowercase hex digits, or '' for an encoder without a checkpoint file",
-             data["checkpoint_sha256"])
+    for name in ("checkpoint_sha256", "data_sha256"):
+        if not SHA256_PATTERN.match(data[name]):
+            fail(name, "64 lowercase hex digits, or '' when there is none", data[name])
     if data["probe"] not in PROBES:
         fail("probe", f"one of {list(PROBES)}", data["probe"])
     if data["task"] != f"{data['dataset']}_{data['probe']}":
@@ -196,12 +216,93 @@ def validate_record(data: Any, source: str = "<dict>") -> None:
     notes = data.get("notes", [])
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         fail("notes", "a list of strings", notes)
-    sources = data.get("published_source", {})
-    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
-        fail("published_source", "an object mapping metric keys to strings", sources)
-    for key in sources:
+    for name in ("published_source", "protocol_notes", "artifacts"):
+        table = data.get(name, {})
+        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+            fail(name, "an object mapping strings to strings", table)
+    for key in data.get("published_source", {}):
         if key not in data["published"]:
             fail(f"published_source.{key}", "a source only for a metric with a published value")
+    for name, file_name in data.get("artifacts", {}).items():
+        if "/" in file_name or "\\" in file_name or file_name.startswith("."):
+            fail(f"artifacts.{name}", "a file name beside the record (no folder part)", file_name)
+    if data["content_sha256"]:           # '' only for records upgraded from schema 1.0, which had no digest
+        if config_hash(record_identity(data)) != data["config_hash"]:
+            fail("config_hash", f"{config_hash(record_identity(data))} (the hash of the record's configuration; "
+                                "the record was changed after it was written)", data["config_hash"])
+        if content_digest(data) != data["content_sha256"]:
+            fail("content_sha256", f"{content_digest(data)} (the digest of the record's metrics, protocol and "
+                                   "identity; the record was changed after it was written)", data["content_sha256"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schema 1.0 records: read, upgraded
+# ---------------------------------------------------------------------------------------------------
+
+# Protocol values of schema 1.0 that were descriptions, not settings: schema 2.0 keeps them in protocol_notes.
+V1_PROSE_KEYS = ("ap", "crop_side", "crop_resize", "part_visibility", "feature_source", "dense", "knn_protocol",
+                 "train_transform", "eval_transform", "recipe_source", "train_augmentation", "model_selection",
+                 "reference", "weighting", "crop")
+# kNN settings had per-script names in schema 1.0; schema 2.0 has one kNN protocol (probes.options.KnnOptions).
+V1_KNN_RENAMES = {"k": "knn_k", "ks": "knn_ks", "temperature": "knn_temperature", "train_size": "num_train"}
+
+
+def upgrade_record(data: Any, source: str = "<dict>") -> Any:
+    """A schema 1.0 record as a schema 2.0 one (anything else is returned as it is).
+
+    Descriptions move from ``protocol`` to ``protocol_notes``, kNN settings get their 2.0 names; the
+    record's ``config_hash`` is kept (it identified the configuration when it was written). A 1.0 record
+    has no digest (``content_sha256`` ''), no data identity and no format.
+    """
+    if not isinstance(data, Mapping) or data.get("schema_version") != "1.0":
+        return data
+    out = dict(data)
+    protocol, notes = {}, {}
+    for key, value in dict(data.get("protocol") or {}).items():
+        prose = key in V1_PROSE_KEYS and isinstance(value, str) and (key != "crop" or " " in value)
+        if prose:
+            notes[key] = value
+        elif data.get("probe") == "knn" and key in V1_KNN_RENAMES:
+            protocol[V1_KNN_RENAMES[key]] = value
+        else:
+            protocol[key] = value
+    out.update(schema_version=SCHEMA_VERSION, protocol=protocol, protocol_notes=notes, format="",
+               data_sha256="", content_sha256="", artifacts={})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Identity and digests
+# ---------------------------------------------------------------------------------------------------
+
+IDENTITY_FIELDS = ("probe", "dataset", "split", "model", "method", "format", "checkpoint_sha256", "feature",
+                   "block", "protocol", "seed", "data_sha256")
+
+
+def record_identity(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that defines a configuration: what ran (weights, format, method), on what data
+    (``data_sha256``, the views' identity), with which protocol. Two different datasets, files or
+    formats never share a ``config_hash``."""
+    return {name: data[name] for name in IDENTITY_FIELDS}
+
+
+def config_hash(identity: Mapping[str, Any]) -> str:
+    """SHA-256 (first 16 hex) of the canonical JSON of everything that defines a configuration."""
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def content_digest(data: Mapping[str, Any]) -> str:
+    """SHA-256 of a record's results and what they are results of (everything but the digest itself)."""
+    body = {k: v for k, v in data.items() if k != "content_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def data_digest(*identities: Any) -> str:
+    """SHA-256 of view identities (``view.identity()``): the data a record was measured on."""
+    canonical = json.dumps(list(identities), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def read_record_json(path: str | os.PathLike) -> Any:
@@ -216,19 +317,13 @@ def read_record_json(path: str | os.PathLike) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Building and writing records
+# Building records
 # ---------------------------------------------------------------------------------------------------
 
 def task_name(dataset: str, probe: str) -> str:
     if probe not in PROBES:
         raise ValueError(f"probe {probe!r} is not one of {PROBES}")
     return f"{dataset}_{probe}"
-
-
-def config_hash(identity: Mapping[str, Any]) -> str:
-    """SHA-256 (first 16 hex) of the canonical JSON of everything that defines a configuration."""
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)
@@ -256,11 +351,14 @@ def new_run_id() -> str:
 
 def make_record(*, probe: str, dataset: str, split: str, encoder_info: Mapping[str, Any], feature: str,
                 block: int | None, protocol: Mapping[str, Any], metrics: Mapping[str, float],
-                seed: int | None, wall_time_s: float, device: str, notes: list[str] | None = None) -> RunRecord:
+                seed: int | None, wall_time_s: float, device: str, notes: list[str] | None = None,
+                protocol_notes: Mapping[str, str] | None = None, data_sha256: str = "",
+                model: str | None = None, artifacts: Mapping[str, str] | None = None) -> RunRecord:
     """Build a validated record; metric names get the task prefix and published values are looked up.
 
     A published value is attached only when the run is the paper's measurement (``probes.published``);
-    when a paper model ran a different protocol, a note says why it has no published value.
+    when a paper model ran a different protocol, a note says why it has no published value. ``model`` is
+    the label the record is filed and shown under (default: the encoder's name).
     """
     from probes.published import lookup  # local: the tables are only needed here
 
@@ -269,72 +367,121 @@ def make_record(*, probe: str, dataset: str, split: str, encoder_info: Mapping[s
         protocol = {**protocol, "weights_branch": encoder_info["branch"]}
     protocol = {str(k): _plain(v) for k, v in sorted(protocol.items())}
     sha = encoder_info.get("checkpoint_sha256") or ""
-    identity = {
-        "probe": probe, "dataset": dataset, "split": split, "model": encoder_info["name"],
-        "checkpoint_sha256": sha, "feature": feature, "block": block, "protocol": protocol, "seed": seed,
-    }
+    model = model or encoder_info["name"]
     prefixed = {}
     for name, value in metrics.items():
         value = float(_plain(value))
         if not math.isfinite(value):
             raise ValueError(f"metric {name!r} of {task} is {value!r}; a record stores finite numbers only")
         prefixed[f"{task}/{name}"] = value
-    match = lookup(task=task, model=encoder_info["name"], feature=feature, protocol=protocol,
-                   block=block, split=split)
+    match = lookup(task=task, model=model, feature=feature, protocol=protocol, block=block, split=split)
     published = {f"{task}/{m}": float(v) for m, v in match.values.items() if f"{task}/{m}" in prefixed}
     sources = {f"{task}/{m}": s for m, s in match.sources.items() if f"{task}/{m}" in published}
     notes = list(notes or []) + [f"no published comparison: {reason}" for reason in match.reasons]
-    record = RunRecord(
-        schema_version=SCHEMA_VERSION, run_id=new_run_id(), config_hash=config_hash(identity),
-        probe=probe, task=task, dataset=dataset, split=split, model=encoder_info["name"],
-        method=encoder_info.get("method") or "", arch=encoder_info.get("arch") or "",
-        checkpoint_sha256=sha, feature=feature, block=None if block is None else int(block),
-        protocol=protocol, metrics=prefixed, published=published,
-        delta={key: prefixed[key] - value for key, value in published.items()},
-        seed=None if seed is None else int(seed),
-        package_version=__version__, git_commit=git_commit(),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-        wall_time_s=float(wall_time_s), device=device or platform.node(), notes=notes,
-        published_source=sources,
-    )
-    validate_record(record.to_dict(), source=f"record of {task}/{record.model}")
-    return record
+    data = dict(
+        schema_version=SCHEMA_VERSION, run_id=new_run_id(), config_hash="", probe=probe, task=task,
+        dataset=dataset, split=split, model=model, method=encoder_info.get("method") or "",
+        arch=encoder_info.get("arch") or "", format=encoder_info.get("format") or "", checkpoint_sha256=sha,
+        feature=feature, block=None if block is None else int(block), protocol=protocol, metrics=prefixed,
+        published=published, delta={key: prefixed[key] - value for key, value in published.items()},
+        seed=None if seed is None else int(seed), data_sha256=data_sha256, package_version=__version__,
+        git_commit=git_commit(), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+        wall_time_s=float(wall_time_s), device=device or platform.node(), content_sha256="", notes=notes,
+        published_source=sources, protocol_notes={str(k): str(v) for k, v in (protocol_notes or {}).items()},
+        artifacts=dict(artifacts or {}))
+    data["config_hash"] = config_hash(record_identity(data))
+    data["content_sha256"] = content_digest(data)
+    validate_record(data, source=f"record of {task}/{model}")
+    return RunRecord(**data)
 
 
-def record_dir(results_dir: str | os.PathLike, record: RunRecord) -> Path:
-    return Path(results_dir) / record.task / _safe(record.model)
+def seal(record: RunRecord, **changes) -> RunRecord:
+    """``record`` with fields changed (e.g. ``artifacts``) and its digest recomputed."""
+    data = {**record.to_dict(), **changes}
+    data["config_hash"] = config_hash(record_identity(data))
+    data["content_sha256"] = content_digest(data)
+    validate_record(data, source=f"record {record.run_id}")
+    return RunRecord(**data)
 
 
-def write_record(record: RunRecord, results_dir: str | os.PathLike, config: Mapping[str, Any]) -> Path:
-    """Write ``<run_id>.config.json`` then ``<run_id>.json`` atomically; returns the record's path.
-
-    The record is written last, so a record on disk always has its configuration beside it. An
-    existing record is never replaced (run ids are unique; a clash means a copied record object).
-    """
-    validate_record(record.to_dict(), source=f"record {record.run_id}")
-    folder = record_dir(results_dir, record)
-    path = folder / f"{record.run_id}.json"
-    if path.exists():
-        raise FileExistsError(f"{path}: a record with run_id {record.run_id} exists; records are never overwritten")
-    write_json_atomic(folder / f"{record.run_id}.config.json", {str(k): _plain(v) for k, v in config.items()})
-    return write_json_atomic(path, record.to_dict())
-
-
-def config_path_for(record_path: str | os.PathLike) -> Path:
-    """The configuration file written beside a record."""
-    path = Path(record_path)
-    return path.with_name(path.name[: -len(".json")] + ".config.json")
-
-
-def iter_record_paths(results_dir: str | os.PathLike):
-    """Every record file under a results folder (configs and temporary files excluded), sorted."""
-    for path in sorted(Path(results_dir).rglob("*.json")):
-        if not path.name.endswith(".config.json") and not path.name.startswith("."):
-            yield path
-
+# ---------------------------------------------------------------------------------------------------
+# Writing: the records of one run, as a set
+# ---------------------------------------------------------------------------------------------------
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Fail before the work, naming the folder, when ``folder`` cannot be created or written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".partprobe-write-check-"):
+            pass
+    except OSError as err:
+        raise RecordError(f"{folder}: cannot write there ({err.strerror or err}); pass another --results "
+                          f"folder or fix its permissions") from None
+    return folder
+
+
+def write_run(records: list[RunRecord], results_dir: str | os.PathLike, experiment: str,
+              config: Mapping[str, Any], artifacts: Mapping[str, bytes] | None = None) -> list[Path]:
+    """Write the records of one run with their configuration and artifacts, all or none.
+
+    Layout: ``<results>/<experiment>/<model>/<first run_id>/`` holding ``config.json``, one
+    ``<run_id>.json`` per record and the artifact files (names as given, each listed in the ``artifacts``
+    field of the records that use it). Everything is written into a hidden folder beside it first, which is
+    renamed into place in one step: a reader (or the leaderboard) never sees part of a run, and a full
+    disk or a kill leaves no record behind. Returns the records' paths.
+    """
+    if not records:
+        return []
+    for record in records:
+        validate_record(record.to_dict(), source=f"record {record.run_id}")
+    artifacts = dict(artifacts or {})
+    folder = Path(results_dir) / _safe(experiment) / _safe(records[0].model) / records[0].run_id
+    if folder.exists():
+        raise FileExistsError(f"{folder}: a run with this id exists; records are never overwritten")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        write_json_atomic(staging / CONFIG_NAME, {str(k): _plain(v) for k, v in config.items()})
+        for name, payload in artifacts.items():
+            write_bytes_atomic(staging / name, payload)
+        for record in records:
+            missing = [f for f in record.artifacts.values() if f not in artifacts]
+            if missing:
+                raise ValueError(f"record {record.run_id} lists artifact file(s) {missing} that the run did not write")
+            write_json_atomic(staging / f"{record.run_id}.json", record.to_dict())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [folder / f"{record.run_id}.json" for record in records]
+
+
+def config_path_for(record_path: str | os.PathLike) -> Path:
+    """The configuration file of a record: ``config.json`` of its run folder (schema 2.0), or
+    ``<run_id>.config.json`` beside it (schema 1.0)."""
+    path = Path(record_path)
+    legacy = path.with_name(path.name[: -len(".json")] + ".config.json")
+    return legacy if legacy.is_file() else path.with_name(CONFIG_NAME)
+
+
+def iter_record_paths(results_dir: str | os.PathLike):
+    """Every record file under a results folder, sorted: files named ``<run_id>.json``, outside hidden
+    (partial) folders; configurations and artifacts are not records."""
+    root = Path(results_dir)
+    for path in sorted(root.rglob("*.json")):
+        relative = path.relative_to(root).parts
+        if any(part.startswith(".") for part in relative):
+            continue
+        if RUN_ID_PATTERN.match(path.name[: -len(".json")]):
+            yield path
 
 
 def _plain(value: Any) -> Any:

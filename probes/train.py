@@ -284,24 +284,23 @@ class TensorSource:
 
 
 class EncoderSource:
-    """Inputs computed on the fly: images of ``dataset`` (each item ``(image_tensor, label)``) through the
-    frozen ``encoder``, one batch at a time; used when the token maps do not fit the disk budget."""
+    """Inputs computed on the fly: the items of ``view`` through the frozen ``encoder`` (probes.features.stream),
+    one batch at a time; used when the token maps do not fit the disk budget."""
 
-    def __init__(self, encoder, dataset, feature: str, labels: torch.Tensor, block: int | None = None,
-                 drop_prefix: int = 0, num_workers: int = 0):
-        self.encoder, self.dataset, self.feature, self.block = encoder, dataset, feature, block
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+    def __init__(self, encoder, view, feature: str, block: int | None = None, drop_prefix: int = 0,
+                 num_workers: int = 0):
+        self.encoder, self.view, self.feature, self.block = encoder, view, feature, block
+        self.labels = torch.as_tensor(view.labels, dtype=torch.long)
         self.drop_prefix, self.num_workers = drop_prefix, num_workers
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def iterate(self, batches: Sequence[Sequence[int]], device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[list(b) for b in batches],
-                                             num_workers=self.num_workers)
-        for (images, _), batch in zip(loader, batches):
-            with torch.no_grad():
-                x = self.encoder.features(images, self.feature, block=self.block)
+        from probes.features import stream
+
+        outputs = stream(self.encoder, self.view, self.feature, self.block, batches, self.num_workers)
+        for x, batch in zip(outputs, batches):
             if self.drop_prefix:
                 x = x[:, self.drop_prefix:]
             yield x.to(device, torch.float32), self.labels[torch.as_tensor(batch, dtype=torch.long)].to(device)
