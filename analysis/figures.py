@@ -14,7 +14,7 @@
   record of the same task, metric and feature without a published value (a baseline, or a paper model
   under another protocol) is a dashed horizontal line, so it can be read against the paper's range.
 * ``retrieval_grids``: query patches and their top-k retrieved patches, drawn by ``analysis.retrieval_grid``
-  after repeating a part-retrieval record's run from its configuration file (features from the cache).
+  from the artifacts a part-retrieval run wrote beside its records (no encoder runs here).
 
 Values come from the leaderboard's cells (``analysis.leaderboard``): one record per configuration after
 the rerun rule, and every panel is titled with the leaderboard column it plots. A figure whose records
@@ -357,12 +357,10 @@ def published_vs_reproduced(records, out_png: str | os.PathLike) -> FigureResult
 # ---------------------------------------------------------------------------------------------------
 
 def retrieval_grids(records, out_dir: str | os.PathLike, max_grids: int = 1) -> FigureResult:
-    """Query patches and their top-k retrieved patches, for up to ``max_grids`` part-retrieval records.
+    """Query patches and their top-k retrieved patches, for up to ``max_grids`` part-retrieval records, drawn
+    from the artifacts the run wrote beside them (``analysis.retrieval_grid``; no encoder runs here)."""
+    from analysis.retrieval_grid import GridError, grid_from_record
 
-    The grid needs the patches and their features, which a record does not hold: the record's own run is
-    repeated from its configuration file (``probes.part_retrieval.run(write=False, grid=...)``; features come
-    from the feature cache when that run cached them) and ``analysis.retrieval_grid`` draws it.
-    """
     if max_grids <= 0:
         return FigureResult("retrieval_grid", None, "skipped: max_grids is 0")
     candidates = [r for r in current_records(records) if r.record.probe == "part_retrieval"
@@ -378,42 +376,15 @@ def retrieval_grids(records, out_dir: str | os.PathLike, max_grids: int = 1) -> 
             break
         if loaded.record.model in seen_models:
             continue
+        path = Path(out_dir) / f"retrieval_grid_{loaded.record.task}_{_safe_name(loaded.record.model)}_{loaded.record.feature}.png"
         try:
-            path, reason = _retrieval_grid(loaded, Path(out_dir))
-        except (OSError, ValueError, RuntimeError) as err:  # e.g. data moved, checkpoint not on this machine
-            path, reason = None, f"repeating {loaded.path} failed: {type(err).__name__}: {err}"
-        if path is None:
-            reasons.append(reason)
-            continue
-        seen_models.add(loaded.record.model)
-        written.append(path)
+            written.append(grid_from_record(loaded.path, path))
+            seen_models.add(loaded.record.model)
+        except (GridError, OSError) as err:
+            reasons.append(str(err))
     if not written:
         return FigureResult("retrieval_grid", None, "skipped: " + "; ".join(dict.fromkeys(reasons)))
     return FigureResult("retrieval_grid", written[0], f"{len(written)} grid(s): " + ", ".join(p.name for p in written))
-
-
-def _retrieval_grid(loaded: LoadedRecord, out_dir: Path) -> tuple[Path | None, str]:
-    record = loaded.record
-    if loaded.config_path is None:
-        return None, f"{loaded.path}: no configuration file to repeat the run from"
-    config = json.loads(loaded.config_path.read_text(encoding="utf-8"))
-    data_root = config.get("data_root")
-    if not data_root or not Path(data_root).is_absolute() or not Path(data_root).exists():
-        return None, f"{loaded.config_path}: data_root {data_root!r} is not an existing absolute path here"
-    from probes import part_retrieval
-
-    protocol = record.protocol
-    path = out_dir / f"retrieval_grid_{record.task}_{_safe_name(record.model)}_{record.feature}.png"
-    part_retrieval.run(
-        config.get("model", record.model), record.dataset, data_root, preset=protocol.get("preset", "partaware"),
-        crop=protocol.get("crop"), features=[record.feature],
-        self_match="excluded" if protocol.get("include_self") is False else "included",
-        keypoints=protocol.get("keypoints", "paper"), normalize=protocol.get("normalize"),
-        coco_dist_scope=protocol.get("coco_dist_scope"), dist_filter=config.get("dist_filter"),
-        split=config.get("split"), format=config.get("format"), arch=config.get("arch"),
-        data_source=protocol.get("data_source", "official"), seed=record.seed or 0,
-        write=False, grid=path, progress=False)
-    return path, ""
 
 
 def _safe_name(name: str) -> str:
@@ -488,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", nargs="+", required=True, metavar="DIR", help="result folders to merge")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
     parser.add_argument("--grids", type=int, default=1, metavar="N",
-                        help="retrieval grids to draw (each repeats a part-retrieval run; 0: none)")
+                        help="retrieval grids to draw from part-retrieval artifacts (0: none)")
     parser.add_argument("--notebook", action="store_true",
                         help="execute notebooks/figures.ipynb instead (also writes the executed notebook)")
     args = parser.parse_args(argv)

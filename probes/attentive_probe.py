@@ -112,7 +112,10 @@ def run(cfg: AttentiveProbeConfig) -> list:
 
     heads, heads_source = resolve_num_heads(head_name, encoder, dim, cfg.protocol.num_heads)
     torch.manual_seed(cfg.seed)                      # the head's initialisation
-    head = build_head(head_name, dim, task.num_classes, num_heads=heads, bn_eval=cfg.protocol.bn_eval)
+    try:
+        head = build_head(head_name, dim, task.num_classes, num_heads=heads, bn_eval=cfg.protocol.bn_eval)
+    except ValueError as err:       # e.g. CAPI's D/64 heads on features whose width 64 does not divide
+        raise ConfigError(f"--head {head_name} on {dim}-d tokens: {err}") from None
     protocol = {**classification.data_protocol(cfg, encoder, task),
                 **classification.recipe_protocol(cfg, recipe, head_name, device), "attentive_variant": head_name,
                 "attentive_bn_eval": cfg.protocol.bn_eval if head_name in ("partaware", "cae") else "n/a",
@@ -132,11 +135,13 @@ def run(cfg: AttentiveProbeConfig) -> list:
                          encoder_info=encoder.info(), feature="tokens", block=block, protocol=protocol,
                          metrics=result.selection(), seed=cfg.seed, wall_time_s=this.elapsed(), device=str(device),
                          notes=[classification.epochs_note(result.history)], protocol_notes=notes,
-                         data_sha256=data_sha256, model=experiment.model_label(cfg, encoder)))
+                         data_sha256=data_sha256, model=experiment.model_label(cfg, encoder),
+                         artifacts={"history": "history.csv"}),
+             {"history.csv": classification.history_csv(result.history)})
     return this.finish(headline=classification.selection_headline)
 
 
-main = experiment.entry_point(AttentiveProbeConfig, run, __doc__, prog="attentive_probe.py")
+main = experiment.entry_point(AttentiveProbeConfig, run, __doc__)
 
 if __name__ == "__main__":
     main()

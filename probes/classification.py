@@ -127,7 +127,17 @@ def epochs_note(history) -> str:
     return "top1 per epoch: " + json.dumps([round(h["top1"], 4) for h in history])
 
 
+def history_csv(history) -> bytes:
+    """The per-epoch evaluation and training loss of a run (artifact ``history``)."""
+    from probes.artifacts import per_class_csv
+
+    columns = ["epoch", "top1", "top5", "train_loss", "lr"]
+    return per_class_csv(columns, [[h.get(c, "") for c in columns] for h in history])
+
+
 def unfinished(result, recipe: Recipe) -> bool:
+    if result.resumed_from_epoch:
+        print(f"resumed after epoch {result.resumed_from_epoch} of {recipe.epochs} (training state on disk)")
     if result.epochs_done < recipe.epochs:
         print(f"stopped after {result.epochs_done}/{recipe.epochs} epochs; rerun the same command to resume "
               f"(no record is written for an unfinished run)")

@@ -27,18 +27,19 @@ REAL_COMMAND = "python probes/part_retrieval.py --model dino --dataset cub --dat
 
 
 def run(out, results=None, seed: int = 0, images: int = 40, progress: bool = True) -> list:
+    from probes import part_retrieval
     from probes.data.synth import synth
-    from probes.part_retrieval import run as part_retrieval
 
-    out = Path(out).resolve()  # absolute, so that records let the figures re-open the data
+    out = Path(out).resolve()  # absolute, so that records name where the data is
     results = Path(results).resolve() if results else out / "results"
     root = synth("cub", out / "cub", seed=seed, images=images)
     print(f"generated CUB-format data with planted parts under {root}")
-    records = part_retrieval("colorstats", "cub", root, preset="partaware", self_match="both", results=results,
-                             grid=out / "retrieval_grid.png", data_source="synthetic", seed=seed,
-                             progress=progress)
-    records += _object_level(out, results, seed, progress)
-    records += _per_block(out, root, results, seed, progress)
+    common = ["--results", str(results), "--data-source", "synthetic", "--seed", str(seed)] + \
+        ([] if progress else ["--quiet"])
+    records = part_retrieval.main(["--model", "colorstats", "--data-root", str(root), "--preset", "partaware",
+                                   "--self-match", "both", "--grid", str(out / "retrieval_grid.png"), *common])
+    records += _object_level(out, common, seed)
+    records += _per_block(out, root, common, seed)
     from analysis.leaderboard import export
     print(f"leaderboard of {results} written to {export([results], out / 'leaderboard.md').out}")
     print()
@@ -47,26 +48,28 @@ def run(out, results=None, seed: int = 0, images: int = 40, progress: bool = Tru
     return records
 
 
-def _object_level(out: Path, results: Path, seed: int, progress: bool) -> list:
+def _object_level(out: Path, common: list, seed: int) -> list:
+    from probes import object_retrieval
     from probes.data.synth import synth
-    from probes.object_retrieval import run as object_retrieval
 
     cifar = synth("cifar10", out / "cifar10", seed=seed)
     print(f"generated CIFAR-10-format data under {cifar}")
-    return object_retrieval("colorstats", "cifar10", cifar, features=["patch_mean"], knn=False, results=results,
-                            data_source="synthetic", seed=seed, progress=progress)
+    return object_retrieval.main(["--model", "colorstats", "--dataset", "cifar10", "--data-root", str(cifar),
+                                  "--feature", "patch_mean", "--no-knn", *common])
 
 
 UNTRAINED_VIT = {"model": "vit_small_patch16_224",
                  "kwargs": dict(img_size=224, embed_dim=32, depth=3, num_heads=2, num_classes=0, global_pool="token")}
 
 
-def _per_block(out: Path, cub: Path, results: Path, seed: int, progress: bool) -> list:
+def _per_block(out: Path, cub: Path, common: list, seed: int) -> list:
+    import json
+
     import timm
     import torch
 
+    from probes import part_retrieval
     from probes.fileio import atomic_path
-    from probes.part_retrieval import run as part_retrieval
 
     checkpoint = out / "untrained_vit.pth"
     if not checkpoint.exists():
@@ -77,9 +80,10 @@ def _per_block(out: Path, cub: Path, results: Path, seed: int, progress: bool) -
     print(f"part retrieval block by block with an untrained tiny ViT ({checkpoint})")
     records = []
     for block in (0, 1, 2, None):
-        records += part_retrieval(str(checkpoint), "cub", cub, format="timm", arch=UNTRAINED_VIT, block=block,
-                                  features=["patch_mean"], self_match="included", results=results,
-                                  data_source="synthetic", seed=seed, progress=progress)
+        records += part_retrieval.main(
+            ["--model", str(checkpoint), "--format", "timm", "--arch", json.dumps(UNTRAINED_VIT),
+             "--data-root", str(cub), "--feature", "patch_mean", "--self-match", "included", *common]
+            + ([] if block is None else ["--block", str(block)]))
     return records
 
 

@@ -86,7 +86,8 @@ def run(cfg: LinearProbeConfig) -> list:
         return []
     this.add(make_record(probe="linear_probe", protocol=protocol, metrics=result.selection(), seed=cfg.seed,
                          wall_time_s=this.elapsed(), notes=[classification.epochs_note(result.history)],
-                         protocol_notes=notes, **common))
+                         protocol_notes=notes, artifacts={"history": "history.csv"}, **common),
+             {"history.csv": classification.history_csv(result.history)})
     if cfg.knn.knn:
         metrics, knn_notes = knn_metrics(train_x, task.train.labels, eval_x, task.eval.labels, cfg.knn,
                                          task.num_classes)
@@ -95,7 +96,7 @@ def run(cfg: LinearProbeConfig) -> list:
     return this.finish(headline=classification.selection_headline)
 
 
-main = experiment.entry_point(LinearProbeConfig, run, __doc__, prog="linear_probe.py")
+main = experiment.entry_point(LinearProbeConfig, run, __doc__)
 
 if __name__ == "__main__":
     main()

@@ -160,7 +160,7 @@ def run(cfg: ObjectRetrievalConfig) -> list:
     return this.finish(headline=lambda r: ["AP", "mAP", "top1", "top5"])
 
 
-main = experiment.entry_point(ObjectRetrievalConfig, run, __doc__, prog="object_retrieval.py")
+main = experiment.entry_point(ObjectRetrievalConfig, run, __doc__)
 
 if __name__ == "__main__":
     main()

@@ -355,7 +355,7 @@ class _Once(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         if hasattr(namespace, self.dest):
             parser.error(f"{option_string} given twice; give it once")
-        setattr(namespace, self.dest, self.convert(values, option_string) if self.convert else values)
+        setattr(namespace, self.dest, _converted(parser, self.convert, values, option_string))
 
 
 class _Append(argparse.Action):
@@ -365,8 +365,18 @@ class _Append(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = list(getattr(namespace, self.dest, None) or [])
-        items.append(self.convert(values, option_string) if self.convert else values)
+        items.append(_converted(parser, self.convert, values, option_string))
         setattr(namespace, self.dest, items)
+
+
+def _converted(parser, convert, values, option_string):
+    """The option's value parsed to its type; a bad value is a usage error naming the option (exit 2)."""
+    if convert is None:
+        return values
+    try:
+        return convert(values, option_string)
+    except ConfigError as err:
+        parser.error(str(err))
 
 
 def _help(info: FieldInfo) -> str:
@@ -396,19 +406,19 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
         inner, optional = _strip_optional(info.type)
         origin = typing.get_origin(inner)
         choices = choices_of(info.type)
-        kw: dict[str, Any] = dict(dest=info.path, default=argparse.SUPPRESS, help=_help(info))
-        if info.meta["metavar"]:
-            kw["metavar"] = info.meta["metavar"]
+        kw: dict[str, Any] = dict(dest=info.path, default=argparse.SUPPRESS, help=_help(info),
+                                  metavar=info.meta["metavar"] or info.name.upper())
         if inner is bool and not optional:
+            kw.pop("metavar")
             group.add_argument(info.flag, action=argparse.BooleanOptionalAction, **kw)
             continue
 
         def convert(text, flag, tp=inner):
             return parse_text(tp, text, flag)
         if inner is bool:               # unset = the preset decides
-            kw.setdefault("metavar", "{on,off}")
+            kw["metavar"] = "{on,off}"
         elif choices:
-            kw.setdefault("metavar", "{" + ",".join(map(str, choices)) + "}")
+            kw["metavar"] = "{" + ",".join(map(str, choices)) + "}"
         if origin in (list, tuple):
             item = [a for a in typing.get_args(inner) if a is not Ellipsis][0]
 

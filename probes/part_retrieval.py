@@ -190,7 +190,7 @@ def metric_device(encoder):
     return encoder.device if getattr(encoder, "device", None) is not None and encoder.device.type == "cuda" else None
 
 
-main = experiment.entry_point(PartRetrievalConfig, run, __doc__, prog="part_retrieval.py")
+main = experiment.entry_point(PartRetrievalConfig, run, __doc__)
 
 if __name__ == "__main__":
     main()

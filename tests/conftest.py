@@ -74,3 +74,51 @@ def dino_golden(shared):
                            arch={"model": target["create_model"], "kwargs": target["kwargs"]},
                            transform=Transform(IMAGENET.mean, IMAGENET.std, "bicubic", round(img * 256 / 224), img))
     return case, meta, encoder
+
+
+def run_cli(module, *args):
+    """An experiment's records, run as its command line is typed (``module.main(argv)``, in-process)."""
+    return module.main([str(a) for a in args])
+
+
+def configs(module, *args):
+    """The configs an experiment's command line describes, without running them."""
+    from probes.experiment import parse
+
+    config_cls = next(v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "NAME")
+                      and v.__module__ == module.__name__)
+    return parse(config_cls, [str(a) for a in args])
+
+
+def golden_model_args(case) -> list[str]:
+    """--model/--format/--arch/--arch-kwargs of a golden checkpoint, as a user types them."""
+    import json
+
+    meta = json.loads((case / "meta.json").read_text())
+    target = meta["timm_target"]["this_golden"]
+    fmt = meta.get("format") or {"dino_vit_full": "dino_full", "mae_encoder": "mae", "mae_full": "mae",
+                                 "dino_vit_backbone": "dino", "deit_vit": "deit", "mocov3_vit": "mocov3",
+                                 "ibot_vit_teacher": "ibot", "beit_pt": "beit", "cae_full": "cae"}[case.name]
+    return ["--model", str(case / "checkpoint.pth"), "--format", fmt, "--arch", target["create_model"],
+            "--arch-kwargs", json.dumps(target["kwargs"])]
+
+
+def artifact(results_dir, record, name: str) -> list[dict]:
+    """An artifact table of a written record (rows as dicts of strings)."""
+    from probes.artifacts import read_table
+    from probes.results import iter_record_paths
+
+    path = next(p for p in iter_record_paths(results_dir) if p.stem == record.run_id)
+    return read_table(path.parent / record.artifacts[name])
+
+
+def history(results_dir, record) -> list[dict]:
+    """Per-epoch rows (epoch, top1, top5, train_loss, lr as floats) of a classification record."""
+    return [{k: float(v) for k, v in row.items() if v != ""} for row in artifact(results_dir, record, "history")]
+
+
+def write_record(record, folder, config=None):
+    """One record written as its own run (probes.results.write_run); returns its path."""
+    from probes.results import write_run
+
+    return write_run([record], folder, record.probe, config or {})[0]

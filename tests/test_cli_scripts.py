@@ -41,8 +41,8 @@ def run_script(script: str, args: list[str], home: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("script, extra, probes_written", [
     ("part_retrieval", ["--self-match", "both"], {"part_retrieval"}),
-    ("linear_probe", ["--epochs", "2", "--batch-size", "32"], {"linear_probe", "knn"}),
-    ("attentive_probe", ["--epochs", "1", "--batch-size", "32"], {"attentive_probe"}),
+    ("linear_probe", ["--epochs", "2", "--train-batch-size", "32"], {"linear_probe", "knn"}),
+    ("attentive_probe", ["--epochs", "1", "--train-batch-size", "32"], {"attentive_probe"}),
 ])
 def test_script_runs_golden_checkpoint_end_to_end(shared, cub, tmp_path, script, extra, probes_written):
     results = tmp_path / "results"

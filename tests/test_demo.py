@@ -12,7 +12,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     records = demo.run(tmp_path / "out", progress=False)
     printed = capsys.readouterr().out
     assert demo.REAL_COMMAND in printed
-    assert "cub     cls          included" in printed          # the results table
+    assert "part_retrieval   cls            self=in   AP" in printed        # the run summary
     saved = [RunRecord.load(p) for p in iter_record_paths(tmp_path / "out" / "results")]
     assert {r.run_id for r in saved} == {r.run_id for r in records}
     assert all(r.protocol["synthetic"] is True for r in saved)

@@ -217,32 +217,23 @@ def test_student_branch_of_a_full_checkpoint_reproduces_the_original_student(sha
                      arch=golden(shared, "mae_encoder")[1], branch="student")
 
 
-def test_float32_forward_turns_autocast_off_and_restores_it(shared):
-    from probes.encoders import float32_forward
-
-    path, arch, _ = golden(shared, "dino_vit_backbone")
-    enc = load_encoder(path, format="dino", arch=arch, device="cpu")
-    assert enc.autocast is True
-    with float32_forward(enc):
-        assert enc.autocast is False
-    assert enc.autocast is True
-    with float32_forward(enc, enabled=False):
-        assert enc.autocast is True
-    baseline = load_encoder("colorstats")                    # encoders without the switch are left alone
-    with float32_forward(baseline):
-        assert not hasattr(baseline, "autocast")
-
-
-def test_forward_identity_separates_what_changes_the_forward_pass(shared):
-    """Classification feature caches are keyed on it: a shuffle seed or a precision never reuses another's."""
-    from probes.encoders import forward_identity
-
+def test_forward_options_are_held_by_the_encoder_and_part_of_its_identity(shared):
+    """Feature caches are keyed on the identity: a shuffle seed, a precision or a load option never reuses
+    another's; the MAE shuffle exists for MAE checkpoints only."""
     path, arch, _ = golden(shared, "mae_encoder")
     enc = load_encoder(path, format="mae", arch=arch, device="cpu")
-    assert forward_identity(enc) == {}
-    assert forward_identity(enc.shuffle_patch_tokens(True, seed=0)) == {"mae_token_shuffle": True, "shuffle_seed": 0}
-    assert forward_identity(enc.shuffle_patch_tokens(True, seed=1)) == {"mae_token_shuffle": True, "shuffle_seed": 1}
-    assert forward_identity(enc.shuffle_patch_tokens(False)) == {}
+    plain = enc.identity()
+    assert plain["forward"] == {"precision": "fp32", "mae_token_shuffle": False, "mae_token_shuffle_seed": None}
+    seeded = [enc.configure(mae_token_shuffle=True, seed=s).identity() for s in (0, 1)]
+    assert seeded[0]["forward"]["mae_token_shuffle"] is True and seeded[0] != seeded[1] != plain
+    assert enc.configure().identity() == plain                           # switched off: the plain forward again
+    assert enc.configure(precision="bf16").identity()["forward"]["precision"] == "fp32"   # a CPU runs float32
+    assert enc.configure(load_options={"x": 1}).identity()["load_options"] == {"x": 1}
+    dino_path, dino_arch, _ = golden(shared, "dino_vit_backbone")
+    dino = load_encoder(dino_path, format="dino", arch=dino_arch, device="cpu").configure(mae_token_shuffle=True)
+    assert dino.token_shuffle is False and "mae_token_shuffle" not in dino.forward_protocol()
+    with pytest.raises(ValueError, match="precision must be"):
+        dino.configure(precision="fp16")
 
 
 # ------------------------------------------------------------------------------------------ input_size

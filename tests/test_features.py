@@ -6,22 +6,43 @@ import pytest
 import torch
 
 from probes.baselines import build_baseline
-from probes.features import (cache_dir, extract_dense_features, extract_features, keypoint_grid, pool_block,
-                             sample_at_keypoints)
-from probes.parts import CropTransform
+from probes.features import cache_dir, cache_key, extract, extract_dense, keypoint_grid, pool_block, sample_at_keypoints
+from probes.options import RunOptions
+from probes.views.transforms import SquareResize
 
 
-class Images(torch.utils.data.Dataset):
-    """Deterministic random 32 x 32 images with labels."""
-
-    def __init__(self, n: int, seed: int = 0):
-        self.images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+class ImageSet(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
         return self.images[i], i % 3
+
+
+class Images:
+    """A view of deterministic random 32 x 32 images (the view interface of probes.views)."""
+
+    def __init__(self, n: int, seed: int = 0, name: str | None = None):
+        self.dataset = ImageSet(torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)))
+        self.labels = np.arange(n) % 3
+        self.split, self.class_names = "all", ["a", "b", "c"]
+        self._name = name or f"Images({n}, seed {seed})"
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def identity(self):
+        return {"view": self._name}
+
+
+RUN = RunOptions(batch_size=8, quiet=True)
+
+
+def folder_of(encoder, view, block=None, shard_size=16):
+    return cache_dir({"key": cache_key(encoder, view, block), "num_items": len(view), "shard_size": shard_size})
 
 
 class Counting:
@@ -40,59 +61,55 @@ class Counting:
         return self.encoder.extract(images, features, block=block)
 
 
-KEY = {"encoder": "colorstats", "data": "Images(40, seed 0)"}
-
-
 def test_second_run_reads_the_cache_without_a_forward_pass():
     data = Images(40)
     first = Counting(build_baseline("colorstats"))
-    a = extract_features(first, data, ["cls", "patch_mean"], batch_size=8, cache_key=KEY, shard_size=16,
-                         progress=False)
+    a = extract(first, data, ["cls", "patch_mean"], run=RUN, shard_size=16)
     assert first.calls == 5                                  # 40 items / batch 8
     again = Counting(build_baseline("colorstats"))
-    b = extract_features(again, data, ["cls", "patch_mean"], batch_size=8, cache_key=KEY, shard_size=16,
-                         progress=False)
+    b = extract(again, data, ["cls", "patch_mean"], run=RUN, shard_size=16)
     assert again.calls == 0
     for name in ("cls", "patch_mean"):
         assert torch.equal(a[name], b[name])
     # A subset of the features is served from the same cache; a new feature is computed on its own.
     subset = Counting(build_baseline("colorstats"))
-    assert torch.equal(extract_features(subset, data, ["cls"], batch_size=8, cache_key=KEY, shard_size=16,
-                                        progress=False)["cls"], a["cls"])
+    assert torch.equal(extract(subset, data, ["cls"], run=RUN, shard_size=16)["cls"], a["cls"])
     assert subset.calls == 0
-    assert (cache_dir({"key": {"cache_key": KEY, "block": None}, "num_items": 40, "shard_size": 16})
-            / "key.json").is_file()
+    assert (folder_of(first, data) / "key.json").is_file()
 
 
 def test_interrupted_extraction_resumes_and_gives_identical_features():
     data = Images(40, seed=1)
-    key = dict(KEY, data="Images(40, seed 1)")
-    reference = extract_features(build_baseline("colorstats"), data, ["cls", "patch_mean"], batch_size=8,
-                                 cache_key=None, progress=False)
+    reference = extract(build_baseline("colorstats"), data, ["cls", "patch_mean"],
+                        run=RunOptions(batch_size=8, cache=False, quiet=True))
     # Shards of 16 items = 2 batches of 8: shard 0 completes, shard 1 dies at its second batch.
     broken = Counting(build_baseline("colorstats"), fail_after=3)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        extract_features(broken, data, ["cls", "patch_mean"], batch_size=8, cache_key=key, shard_size=16,
-                         progress=False)
-    folder = cache_dir({"key": {"cache_key": key, "block": None}, "num_items": 40, "shard_size": 16})
+        extract(broken, data, ["cls", "patch_mean"], run=RUN, shard_size=16)
+    folder = folder_of(broken, data)
     assert sorted(p.name for p in (folder / "cls").iterdir()) == ["00000.pt"]   # no partial shard left behind
     resumed = Counting(build_baseline("colorstats"))
-    out = extract_features(resumed, data, ["cls", "patch_mean"], batch_size=8, cache_key=key, shard_size=16,
-                           progress=False)
+    out = extract(resumed, data, ["cls", "patch_mean"], run=RUN, shard_size=16)
     assert resumed.calls == 3                                   # shard 1 (2 batches) and shard 2 (1 batch) only
     for name in ("cls", "patch_mean"):
         assert torch.equal(out[name], reference[name])
 
 
-def test_a_different_key_recomputes():
-    data = Images(16, seed=2)
-    extract_features(build_baseline("colorstats"), data, ["cls"], cache_key={"k": 1}, progress=False)
-    other = Counting(build_baseline("colorstats"))
-    extract_features(other, data, ["cls"], cache_key={"k": 2}, progress=False)
-    assert other.calls == 1
+def test_the_key_is_the_encoder_and_the_view():
+    """Other data, other forward options, another block: recomputed; no caller builds a key."""
+    extract(build_baseline("colorstats"), Images(16, seed=2), ["cls"], run=RUN)
+    other_view = Counting(build_baseline("colorstats"))
+    extract(other_view, Images(16, seed=2, name="another view"), ["cls"], run=RUN)
+    assert other_view.calls == 2
+    other_forward = Counting(build_baseline("colorstats").configure(load_options={"an_option": 1}))
+    extract(other_forward, Images(16, seed=2), ["cls"], run=RUN)
+    assert other_forward.calls == 2
     fresh = Counting(build_baseline("colorstats"))
-    extract_features(fresh, data, ["cls"], cache_key={"k": 1}, block=0, progress=False)   # block is in the key
-    assert fresh.calls == 1
+    extract(fresh, Images(16, seed=2), ["cls"], block=0, run=RUN)    # block is in the key
+    assert fresh.calls == 2
+    same = Counting(build_baseline("colorstats"))
+    extract(same, Images(16, seed=2), ["cls"], run=RUN)
+    assert same.calls == 0
 
 
 def test_block_features_pool_tokens_and_maps():
@@ -146,6 +163,9 @@ class CoordinateEncoder:
     def __init__(self):
         self.calls = 0
 
+    def identity(self):
+        return {"encoder": "coordinates"}
+
     def extract(self, images, features, block=None):
         self.calls += 1
         h, w = images.shape[-2] // 16, images.shape[-1] // 16
@@ -154,7 +174,8 @@ class CoordinateEncoder:
 
 def test_dense_extraction_samples_each_image_once_at_its_keypoints(tmp_path):
     from PIL import Image
-    from probes.parts import PartItem
+    from probes.parts import PartDatabase, PartItem
+    from probes.views.parts import PartKeypointView
 
     paths = []
     for i, size in enumerate([(128, 64), (96, 96)]):
@@ -163,8 +184,11 @@ def test_dense_extraction_samples_each_image_once_at_its_keypoints(tmp_path):
         paths.append(str(path))
     keypoints = [(paths[0], (15.5, 7.5)), (paths[0], (71.5, 35.5)), (paths[1], (47.5, 47.5)), (paths[1], (0.0, 95.0))]
     items = [PartItem(p, (0, 0, 1, 1), 0, "x", 0, "all", kp) for p, kp in keypoints]
+    options = {"crop": "official-code", "dist_filter": "official", "crop_pad": "zero", "keypoints": "paper",
+               "keypoint_ids": [1], "crop_shift": 0.0, "crop_shift_seed": 0, "crop_side": "", "coco_dist_scope": ""}
+    view = PartKeypointView(PartDatabase("cub", tmp_path, "all", items, ["x"], options), SquareResize(64))
     encoder = CoordinateEncoder()
-    values = extract_dense_features(encoder, items, CropTransform(64), batch_size=1, progress=False)
+    values = extract_dense(encoder, view, run=RunOptions(batch_size=1, quiet=True))
     # Image 0 (128 x 64) -> 4 x 4 tokens of 32 x 16 original px: (15.5, 7.5) = centre of token (0, 0);
     # (71.5, 35.5) is column 72 / 32 - 0.5 = 1.75, row 36 / 16 - 0.5 = 1.75. Image 1 (96 x 96, 24 px tokens):
     # (47.5, 47.5) -> (1.5, 1.5); (0, 95) -> column -0.48, row 3.48: clamped to the border tokens (0, 3).

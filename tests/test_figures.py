@@ -7,7 +7,8 @@ import matplotlib.image
 import pytest
 
 from analysis import figures
-from probes.results import make_record, write_record
+from probes.results import make_record
+from conftest import write_record
 
 SHA = "cd" * 32
 

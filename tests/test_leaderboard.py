@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from analysis import leaderboard
-from probes.results import make_record, write_record
+from probes.results import RunRecord, make_record, seal
+from conftest import write_record
 
 SHA = "ab" * 32
 
@@ -52,7 +53,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def raw_records(folders) -> list[dict]:
     """Every record JSON under the folders, parsed directly (not through the suite's loader)."""
     return [json.loads(p.read_text()) for folder in folders for p in sorted(Path(folder).rglob("*.json"))
-            if not p.name.endswith(".config.json")]
+            if not p.name.endswith("config.json")]
 
 
 def expected_column(rec: dict, metric: str) -> str:
@@ -158,7 +159,7 @@ def test_identical_copies_in_two_folders_are_kept_once(results, tmp_path):
     leaderboard.export(folders, single)
     summary = leaderboard.export([*folders, copy], merged)
     assert merged.read_text() == single.read_text()
-    n_copies = len([p for p in copy.rglob("*.json") if not p.name.endswith(".config.json")])
+    n_copies = len([p for p in copy.rglob("*.json") if not p.name.endswith("config.json")])
     _, superseded = read_csv(tmp_path / "merged.superseded.csv")
     assert sum(r["reason"] == "identical copy" for r in superseded) == n_copies
     assert summary.n_records == len(raw_records(folders))
@@ -168,10 +169,10 @@ def test_same_run_with_different_content_is_an_error_naming_both_files(results, 
     folders, _ = results
     copy = tmp_path / "edited"
     shutil.copytree(folders[1], copy)
-    edited = next(p for p in sorted(copy.rglob("*.json")) if not p.name.endswith(".config.json"))
+    edited = next(p for p in sorted(copy.rglob("*.json")) if not p.name.endswith("config.json"))
     data = json.loads(edited.read_text())
-    data["wall_time_s"] += 1
-    edited.write_text(json.dumps(data))
+    data["wall_time_s"] += 1               # a valid record (digest recomputed) that says something else
+    edited.write_text(json.dumps(seal(RunRecord(**data)).to_dict()))
     with pytest.raises(leaderboard.LeaderboardError, match="different content") as err:
         leaderboard.export([folders[1], copy], tmp_path / "x.csv")
     original = folders[1] / edited.relative_to(copy)
@@ -182,7 +183,7 @@ def test_same_run_with_different_content_is_an_error_naming_both_files(results, 
 
 def test_malformed_record_file_stops_the_export_naming_file_and_field(results, tmp_path, capsys):
     folders, _ = results
-    bad = next(p for p in sorted(folders[0].rglob("*.json")) if not p.name.endswith(".config.json"))
+    bad = next(p for p in sorted(folders[0].rglob("*.json")) if not p.name.endswith("config.json"))
     data = json.loads(bad.read_text())
     data["block"] = "last"
     bad.write_text(json.dumps(data))

@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 
 from probes import parts
-from probes.parts import (CropTransform, PartCropDataset, build_part_database, crop_box, keep_distance,
+from probes.views.parts import PartCropDataset
+from probes.views.transforms import SquareResize
+from probes.parts import (build_part_database, crop_box, keep_distance,
                           nearest_distances, pixel_box)
 
 CUB_PART_NAMES = ["back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing",
@@ -238,7 +240,7 @@ def test_crop_transform_equals_the_official_torchvision_pipeline(cub_root):
     from torchvision import transforms
     db = build_part_database("cub", cub_root)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    tensor, label = PartCropDataset(db, CropTransform(64, mean, std))[1]
+    tensor, label = PartCropDataset(db, SquareResize(64, mean, std))[1]
     # The official retrieval transform: Resize(size, interpolation=3 [bicubic]) on the square PIL crop.
     official = transforms.Compose([transforms.Resize(64, interpolation=transforms.InterpolationMode.BICUBIC),
                                    transforms.ToTensor(), transforms.Normalize(mean, std)])

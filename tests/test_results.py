@@ -12,7 +12,7 @@ import pytest
 
 from probes import __version__
 from probes.results import (SCHEMA_PATH, RecordError, RunRecord, config_path_for, iter_record_paths, make_record,
-                            validate_record, write_record)
+                            upgrade_record, validate_record, write_run)
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 SHA = "ab" * 32
@@ -39,7 +39,7 @@ def test_schema_file_is_a_valid_json_schema():
     # the schema's required fields are exactly the record's fields without a default
     fields = set(RunRecord.__dataclass_fields__)
     assert set(SCHEMA["properties"]) == fields
-    assert set(SCHEMA["required"]) == fields - {"notes", "published_source"}
+    assert set(SCHEMA["required"]) == fields - {"notes", "published_source", "protocol_notes", "artifacts"}
 
 
 @pytest.mark.parametrize("kind", ["published", "baseline", "block", "cls", "linear"])
@@ -57,13 +57,13 @@ def test_every_written_record_validates_against_the_schema(tmp_path, kind):
                              feature="cls", block=None, protocol={"lr": 0.1, "epochs": 90, "crop": "official-code",
                                                                   "head": "linear", "layers": (1, 2)},
                              metrics={"top1_best": 93.0, "top1_last": 92.5}, seed=0, wall_time_s=3, device="cpu")
-    path = write_record(record, tmp_path, config={"model": "dino", "data_root": tmp_path})
+    path, = write_run([record], tmp_path, "an_experiment", config={"model": "dino", "data_root": tmp_path})
     on_disk = json.loads(path.read_text(encoding="utf-8"))
     assert schema_errors(on_disk) == []
     assert RunRecord.load(path) == record
     # the configuration sits beside the record, fully resolved (paths as strings)
     assert json.loads(config_path_for(path).read_text()) == {"model": "dino", "data_root": str(tmp_path)}
-    assert path.parent == tmp_path / record.task / record.model
+    assert path.parent == tmp_path / "an_experiment" / record.model / record.run_id
 
 
 def test_record_carries_provenance_and_published_value():
@@ -120,7 +120,8 @@ BAD_RECORDS = [
     ("checkpoint_sha256", lambda d: d.update(checkpoint_sha256="xyz"), "64 lowercase hex"),
     ("created", lambda d: d.update(created="yesterday"), "ISO 8601"),
     ("wall_time_s", lambda d: d.update(wall_time_s=-3), "non-negative number"),
-    ("schema_version", lambda d: d.update(schema_version="0.9"), "'1.0'"),
+    ("schema_version", lambda d: d.update(schema_version="0.9"), "'2.0'"),
+    ("artifacts.items", lambda d: d.update(artifacts={"items": "../elsewhere.csv"}), "no folder part"),
     ("probe", lambda d: d.update(probe="segmentation"), "one of"),
     ("protocol", lambda d: d.update(protocol=[1, 2]), "an object"),
     ("run_id", lambda d: d.update(run_id="run-1"), "yyyymmdd"),
@@ -166,6 +167,21 @@ def test_cross_field_rules_the_json_schema_cannot_state():
             validate_record(data, "r.json")
 
 
+@pytest.mark.parametrize("field_name, mutate", [
+    ("content_sha256", lambda d: d["metrics"].update({"cub_part_retrieval/mAP": 99.0})),
+    ("content_sha256", lambda d: d["notes"].append("edited")),
+    ("config_hash", lambda d: d["protocol"].update(crop="paper")),
+    ("config_hash", lambda d: d.update(data_sha256="cd" * 32)),
+])
+def test_a_record_changed_after_it_was_written_is_refused(tmp_path, field_name, mutate):
+    data = retrieval_record().to_dict()
+    mutate(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(RecordError, match=f"{re.escape(str(path))}: field '{field_name}'.*changed after it was written"):
+        RunRecord.load(path)
+
+
 def test_not_json_names_the_file(tmp_path):
     path = tmp_path / "cut.json"
     path.write_text('{"schema_version": "1.0", "run_id": ', encoding="utf-8")
@@ -175,18 +191,55 @@ def test_not_json_names_the_file(tmp_path):
 
 def test_write_never_overwrites_an_existing_record(tmp_path):
     record = retrieval_record()
-    path = write_record(record, tmp_path, config={})
+    path, = write_run([record], tmp_path, "x", config={})
     before = path.read_bytes()
     with pytest.raises(FileExistsError, match=record.run_id):
-        write_record(record, tmp_path, config={"changed": True})
+        write_run([record], tmp_path, "x", config={"changed": True})
     assert path.read_bytes() == before
+
+
+def test_the_records_of_a_run_are_written_all_or_none(tmp_path, monkeypatch):
+    """A failure while writing (here: the third file of the set) leaves no record and no partial folder."""
+    from probes import results
+
+    records = [retrieval_record(ap=50.0), retrieval_record(feature="cls"), retrieval_record(block=2)]
+    calls = []
+    real = results.write_json_atomic
+
+    def failing(path, obj, *a, **k):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(path, obj, *a, **k)
+    monkeypatch.setattr(results, "write_json_atomic", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_run(records, tmp_path, "x", config={"a": 1})
+    assert list(iter_record_paths(tmp_path)) == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(results, "write_json_atomic", real)
+    assert len(write_run(records, tmp_path, "x", config={"a": 1})) == 3
+
+
+def test_schema_1_records_are_read_and_upgraded():
+    data = retrieval_record().to_dict()
+    v1 = {k: v for k, v in data.items() if k not in ("format", "data_sha256", "content_sha256", "protocol_notes",
+                                                     "artifacts")}
+    v1.update(schema_version="1.0", probe="knn", task="cub_knn",
+              metrics={"cub_knn/top1": 90.0}, published={}, delta={}, published_source={},
+              protocol={"k": 20, "temperature": 0.07, "ks": [10, 20], "weighting": "exp(similarity / T)",
+                        "crop": "official-code"})
+    record = RunRecord.from_dict(v1, "old.json")
+    assert record.schema_version == "2.0" and record.config_hash == v1["config_hash"]     # the 1.0 hash is kept
+    assert record.protocol == {"knn_k": 20, "knn_temperature": 0.07, "knn_ks": [10, 20], "crop": "official-code"}
+    assert record.protocol_notes == {"weighting": "exp(similarity / T)"} and record.content_sha256 == ""
+    assert upgrade_record(data) is data                                                   # 2.0 passes through
 
 
 def _write_many(args) -> int:
     folder, worker, count = args
     for i in range(count):
         record = retrieval_record(name=f"model{worker}", ap=float(i), seed=i)
-        write_record(record, folder, config={"worker": worker, "i": i})
+        write_run([record], folder, "x", config={"worker": worker, "i": i})
     return count
 
 
