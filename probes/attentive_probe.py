@@ -116,7 +116,7 @@ def run(cfg: AttentiveProbeConfig) -> list:
         head = build_head(head_name, dim, task.num_classes, num_heads=heads, bn_eval=cfg.protocol.bn_eval)
     except ValueError as err:       # e.g. CAPI's D/64 heads on features whose width 64 does not divide
         raise ConfigError(f"--head {head_name} on {dim}-d tokens: {err}") from None
-    protocol = {**classification.data_protocol(cfg, encoder, task),
+    protocol = {**experiment.task_protocol(cfg, encoder, task),
                 **classification.recipe_protocol(cfg, recipe, head_name, device), "attentive_variant": head_name,
                 "attentive_bn_eval": cfg.protocol.bn_eval if head_name in ("partaware", "cae") else "n/a",
                 "num_heads": getattr(head, "num_heads", heads) if head_name == "capi" else heads,

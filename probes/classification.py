@@ -14,7 +14,7 @@ from typing import Literal
 
 from probes import experiment
 from probes.experiment import Experiment
-from probes.options import ConfigError, ImageDataOptions, Preset, option, recorded_values, section
+from probes.options import ConfigError, ImageDataOptions, Preset, option, section
 from probes.train import PRESETS as RECIPES, Recipe, precision_name, resolve_recipe
 from probes.views.classification import DATASETS, PART_DATASETS, Task, build_task
 from probes.views.parts import PartCropOptions
@@ -95,15 +95,6 @@ def setup(cfg: ClassificationExperiment):
     task = build_task(cfg.data.dataset, cfg.data.data_root, encoder, cfg.data.normalize, cfg.crops,
                       image_transform=cfg.data.image_transform)
     return encoder, task
-
-
-def data_protocol(cfg: ClassificationExperiment, encoder, task: Task) -> dict:
-    """The data side of a classification record (shared with its kNN record)."""
-    out = {**recorded_values(cfg, ("data",)), **task.describe(), **encoder.forward_protocol(),
-           "input_size": encoder.crop_size}
-    if cfg.data.data_source == "synthetic":
-        out["synthetic"] = True
-    return out
 
 
 def recipe_protocol(cfg, recipe: Recipe, head: str, device) -> dict:

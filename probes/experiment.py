@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from probes.options import (ConfigError, ModelOptions, OutputOptions, RunOptions, build_parser,
-                            config_from_args, option, resolve, section, to_dict)
+                            config_from_args, option, recorded_values, resolve, section, to_dict)
 
 
 @dataclass
@@ -124,6 +124,17 @@ def check_outputs(cfg: Experiment) -> None:
         check_writable(results_folder(cfg))
     if cfg.run.cache:
         check_writable(features_dir())
+
+
+def task_protocol(cfg, encoder, task) -> dict:
+    """The data side of a record over a task's two views (the recorded data options, the views' settings
+    and counts, the encoder's forward options and input size): one definition for every script, so the kNN
+    records of object retrieval and of the linear probe on the same data are the same configuration."""
+    out = {**recorded_values(cfg, ("data",)), **task.describe(), **encoder.forward_protocol(),
+           "input_size": encoder.crop_size}
+    if cfg.data.data_source == "synthetic":
+        out["synthetic"] = True
+    return out
 
 
 def model_label(cfg: Experiment, encoder) -> str:

@@ -66,7 +66,7 @@ def run(cfg: LinearProbeConfig) -> list:
     train_x, eval_x = (extract(encoder, view, [feature], block, cfg.run,
                                description=f"{task.dataset} {which} {feature}")[feature]
                        for which, view in (("train", task.train), ("eval", task.eval)))
-    data = classification.data_protocol(cfg, encoder, task)
+    data = experiment.task_protocol(cfg, encoder, task)
     protocol = {**data, **classification.recipe_protocol(cfg, recipe, cfg.protocol.head, device)}
     notes = classification.recipe_notes(recipe, task)
     data_sha256 = data_digest(task.train.identity(), task.eval.identity())

@@ -29,7 +29,7 @@ from probes import artifacts, experiment
 from probes.experiment import Experiment
 from probes.features import extract
 from probes.metrics import knn_metrics, knn_protocol, retrieval_metrics, topk_neighbours
-from probes.options import ImageDataOptions, KnnOptions, Preset, option, recorded_values, section
+from probes.options import ImageDataOptions, KnnOptions, Preset, option, section
 from probes.results import data_digest, make_record
 from probes.views.classification import Task, build_task
 from probes.views.objects import coco_objects
@@ -119,16 +119,13 @@ def run(cfg: ObjectRetrievalConfig) -> list:
                                              description=f"{cfg.data.dataset} gallery features")
 
     mean, std = normalization(cfg.data.normalize, encoder)
-    base = {**recorded_values(cfg, ("data",)), **task.describe(), **encoder.forward_protocol(),
-            "input_size": encoder.crop_size, "normalize_mean": list(mean), "normalize_std": list(std)}
-    if cfg.data.data_source == "synthetic":
-        base["synthetic"] = True
+    base = experiment.task_protocol(cfg, encoder, task)
     notes = [NOT_PUBLISHED] + (["generated data: not comparable with any published number"]
                                if cfg.data.data_source == "synthetic" else [])
     protocol_notes = {"transform": query.transform.describe(),
                       "feature_source": "final norm" if block is None else f"block {block} output, before the final norm"}
     common = dict(dataset=cfg.data.dataset, split=query.split, encoder_info=encoder.info(), block=block,
-                  seed=cfg.seed, device=str(encoder.device), data_sha256=data_digest(gallery.identity(), query.identity()),
+                  device=str(encoder.device), data_sha256=data_digest(gallery.identity(), query.identity()),
                   model=experiment.model_label(cfg, encoder))
     device = encoder.device if encoder.device.type == "cuda" else None
     for feature in features:
@@ -146,14 +143,15 @@ def run(cfg: ObjectRetrievalConfig) -> list:
             queries = f"queries.{feature}.{mode}.csv"
             this.artifacts[queries] = artifacts.queries_csv(scores, query.labels, task.class_names, sims, ids, KS,
                                                             gallery.labels)
-            this.add(make_record(probe="object_retrieval", feature=feature, metrics=metrics,
-                                 protocol={**base, "similarity": "cosine", "include_self": include_self if same else None},
+            this.add(make_record(probe="object_retrieval", feature=feature, metrics=metrics, seed=cfg.seed,
+                                 protocol={**base, "normalize_mean": list(mean), "normalize_std": list(std),
+                                           "similarity": "cosine", "include_self": include_self if same else None},
                                  wall_time_s=this.elapsed(), notes=notes + extra, protocol_notes=protocol_notes,
                                  artifacts={"queries": queries}, **common))
         if cfg.knn.knn:
             metrics, extra = knn_metrics(gallery_x[feature], gallery.labels, None if same else query_x[feature],
                                          None if same else query.labels, cfg.knn, task.num_classes, device)
-            this.add(make_record(probe="knn", feature=feature, metrics=metrics,
+            this.add(make_record(probe="knn", feature=feature, metrics=metrics, seed=None,
                                  protocol={**base, **knn_protocol(cfg.knn)},
                                  wall_time_s=this.elapsed(), notes=notes + extra, protocol_notes=protocol_notes,
                                  **common))

@@ -71,6 +71,11 @@ def test_installed_copy_finds_the_registry_and_loads_a_user_model(installed, sha
     assert f"in {shipped} + {mine}" in listing  # the installed copy's registry, not the checkout's
     assert shipped.is_file() and not shipped.is_symlink()
     assert shipped.read_text() == (REPO / "checkpoints.yaml").read_text()
+    # the console script: one command with subcommands, beside python probes/<script>.py
+    assert run([str(python.parent / "partprobe"), "zoo", "list"], cwd=elsewhere, env=env) == listing
+    usage = run([str(python.parent / "partprobe"), "--help"], cwd=elsewhere, env=env)
+    assert "part-retrieval" in usage and "linear-probe" in usage
+    assert "--self-match" in run([str(python.parent / "partprobe"), "part-retrieval", "--help"], cwd=elsewhere, env=env)
 
     script = f"""
 import json, torch, probes
