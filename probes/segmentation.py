@@ -538,8 +538,9 @@ def _check(p: SegProtocol, spec: EncoderSpec) -> None:
         raise ValueError(f"warmup_iters ({p.warmup_iters}) must be below iters ({p.iters})")
     if p.head == "upernet" and spec.kind == "vit" and len(p.seg_layers) != 4:
         raise ValueError(f"UperNet takes 4 levels (a feature pyramid at x4, x2, x1, x0.5); got layers {p.seg_layers}")
-    if spec.patch_size and p.crop_size % spec.patch_size:
-        raise ValueError(f"crop_size {p.crop_size} is not a multiple of the {spec.patch_size}-pixel patch")
+    for name in ("crop_size", "dense_input_size"):
+        if spec.patch_size and getattr(p, name) % spec.patch_size:
+            raise ValueError(f"{name} {getattr(p, name)} is not a multiple of the {spec.patch_size}-pixel patch")
     if p.seg_upsample == "4x" and p.head != "linear":
         raise ValueError("seg_upsample=4x applies to the linear head")
 
@@ -683,6 +684,8 @@ def protocol_record(p: SegProtocol, dataset: str, spec: EncoderSpec, *, world_si
     if p.protocol != "dense":
         record["seg_aux_block"] = p.seg_layers[aux_index(p)] if p.seg_aux_head else None
         record["train_augmentation"] = record.pop("augmentation")
+        if p.augmentation == "partaware":
+            record["train_flip"] = "horizontal, p 0.5, labels unchanged (left/right parts not swapped, as mmseg's RandomFlip)"
         record["world_size"] = world_size
         record["precision"] = "amp fp16 (AmpOptimWrapper)" if device == "cuda" else "fp32"
         record["aux_norm"] = "SyncBN" if world_size > 1 and device == "cuda" else "BN"

@@ -131,7 +131,7 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(golden, lip_root, tmp
 
 
 def test_two_process_gloo_run_writes_one_record(golden, lip_root, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                *_script(golden, lip_root, tmp_path / "records", tmp_path / "work", "--iters", "20",
                         "--batch-size", "4")[1:]]
     out = subprocess.run(command, env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=300)

@@ -278,3 +278,21 @@ def test_published_value_only_for_the_papers_settings():
         assert missed.values == {} and missed.reasons, change
     synthetic = seg.protocol_record(seg.resolve_protocol("linear", "lip", spec), "lip", spec, data_source="synthetic")
     assert lookup(task="lip19_linear_segmentation", model="dino", feature="blocks", protocol=synthetic).values == {}
+
+
+def test_resnet_stages_and_baseline_grid(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+    arch = {"model": "resnet18", "kwargs": {"num_classes": 0}}
+    save_file(timm.create_model("resnet18", pretrained=False, **arch["kwargs"]).state_dict(), tmp_path / "r18.safetensors")
+    spec = seg.describe_encoder(str(tmp_path / "r18.safetensors"), "timm", arch)
+    assert spec.kind == "resnet" and spec.channels == (64, 128, 256, 512) and spec.default_layers() == [0, 1, 2, 3]
+    assert seg.backbone_arch(spec, 320) is None
+    backbone = seg.build_backbone(spec.model, "timm", arch, layers=[1, 3])
+    maps = backbone(torch.randn(1, 3, 128, 128))
+    assert [tuple(m.shape) for m in maps] == [(1, 128, 16, 16), (1, 512, 4, 4)] and backbone.out_channels == [128, 512]
+    baseline = seg.build_backbone("colorstats", layers=[0])
+    (grid,) = baseline(torch.randn(2, 3, 64, 96))
+    assert tuple(grid.shape) == (2, 66, 4, 6)
+    with pytest.raises(ValueError, match="no weights to train"):
+        seg.build_backbone("colorstats", layers=[0], frozen=False)
