@@ -441,14 +441,10 @@ class PascalPart116:
         return len(self.samples)
 
     def part_map(self, index: int) -> np.ndarray:
-        return read_label_png(self.samples[index].label_path, ("L",), 116, ignore=IGNORE,
-                              what="a Pascal-Part-116 part map: mode L, 0..115, 255 = ignore")
+        return read_part116_map(self.samples[index].label_path)
 
     def object_map(self, index: int) -> np.ndarray:
-        path = Path(str(self.samples[index].label_path).replace("annotations_detectron2_part",
-                                                               "annotations_detectron2_obj"))
-        return read_label_png(path, ("L",), 20, ignore=IGNORE,
-                              what="a Pascal-Part-116 object map: mode L, 0..19, 255 = background")
+        return read_object20_map(object_map_path(self.samples[index].label_path))
 
     def label_counts(self, kind: str = "obj") -> dict[str, list[int]]:
         """`<split>_{obj,part}_label_count.json`: {"<stem>.png": [labels present]}."""
@@ -496,8 +492,26 @@ class PascalPartGMNet:
         return len(self.samples)
 
     def label(self, index: int) -> np.ndarray:
-        return read_label_png(self.samples[index].label_path, ("L",), self.num_classes, ignore=IGNORE,
-                              what=f"a Pascal-Part-{self.num_classes} map: mode L, 0..{self.num_classes - 1}, 255")
+        return read_gmnet_map(self.samples[index].label_path, self.num_classes)
+
+
+def read_part116_map(path: str | os.PathLike) -> np.ndarray:
+    return read_label_png(path, ("L",), 116, ignore=IGNORE, what="a Pascal-Part-116 part map: mode L, 0..115, 255 = ignore")
+
+
+def object_map_path(part_map_path: str | os.PathLike) -> Path:
+    """The object map beside a PascalPart116 part map (annotations_detectron2_obj/ for _part/)."""
+    return Path(str(part_map_path).replace("annotations_detectron2_part", "annotations_detectron2_obj"))
+
+
+def read_object20_map(path: str | os.PathLike) -> np.ndarray:
+    return read_label_png(path, ("L",), 20, ignore=IGNORE,
+                          what="a Pascal-Part-116 object map: mode L, 0..19, 255 = background")
+
+
+def read_gmnet_map(path: str | os.PathLike, num_classes: int) -> np.ndarray:
+    return read_label_png(path, ("L",), num_classes, ignore=IGNORE,
+                          what=f"a Pascal-Part-{num_classes} map: mode L, 0..{num_classes - 1}, 255")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Bridges to external training frameworks; each imports its framework itself, so the core never needs one."""
