@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit-s-random", help="vit-s-random, colorstats, or a registry name.")
     parser.add_argument("--crop-size", type=int, default=224, help="Training crop, slide window and dense input size.")
     parser.add_argument("--iters", type=int, default=30, help="Linear iterations timed.")
-    parser.add_argument("--batch-size", type=int, default=16, help="Linear batch (the paper's: 16).")
+    parser.add_argument("--train-batch-size", type=int, default=16, help="Linear batch (the paper's: 16).")
     parser.add_argument("--train-images", type=int, default=64)
     parser.add_argument("--val-images", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")

@@ -604,9 +604,6 @@ class DataOptions:
     data_root: Path | None = option(None, help="Dataset folder (default: data/<dataset>).", recorded=False)
     data_source: Literal["official", "synthetic"] = option(
         "official", help="Mark records of generated data (never compared with the paper).")
-    normalize: Literal["imagenet", "model"] | None = option(
-        None, help="Input statistics: ImageNet mean/std for every model (the official code) or each model's "
-                   "own. Default: the preset's.")
 
     def resolve_root(self, dataset: str, layout: str) -> Path:
         """``data_root`` (default ``data/<dataset>``) made absolute, so that the saved configuration works from
@@ -622,7 +619,16 @@ class DataOptions:
 
 
 @dataclass
-class ImageDataOptions(DataOptions):
+class InputDataOptions(DataOptions):
+    """Data whose images the suite normalises for the encoder itself."""
+
+    normalize: Literal["imagenet", "model"] | None = option(
+        None, help="Input statistics: ImageNet mean/std for every model (the official code) or each model's "
+                   "own. Default: the preset's.")
+
+
+@dataclass
+class ImageDataOptions(InputDataOptions):
     """Data whose items may be whole images (CIFAR-10, image folders)."""
 
     image_transform: Literal["resize", "eval"] | None = option(

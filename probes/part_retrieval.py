@@ -36,7 +36,7 @@ from probes import artifacts, experiment
 from probes.experiment import Experiment
 from probes.features import extract, extract_dense
 from probes.metrics import retrieval_metrics, topk_neighbours
-from probes.options import ConfigError, DataOptions, Preset, option, recorded_values, section
+from probes.options import ConfigError, InputDataOptions, Preset, option, recorded_values, section
 from probes.results import data_digest, make_record
 from probes.views.parts import PartCropOptions, crop_transform, part_crops
 from probes.views.transforms import normalization
@@ -46,7 +46,7 @@ SELF_MATCH_MODES = {"included": ["included"], "excluded": ["excluded"], "both": 
 
 
 @dataclass
-class PartRetrievalData(DataOptions):
+class PartRetrievalData(InputDataOptions):
     dataset: Literal["cub", "coco"] = option("cub", help="Part database: CUB-200-2011 or COCO person keypoints.",
                                              recorded=False)
     split: str | None = option(None, help="CUB train/test or a COCO split; default: the whole retrieval "

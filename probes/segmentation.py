@@ -127,6 +127,18 @@ class SegSplit:
     def labels(self, index: int) -> np.ndarray:
         return read_labels(self.dataset, self.items[index][1])
 
+    def identity(self) -> dict:
+        """What the split's numbers depend on (its files, by path, size and modification time)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for image, label in self.items:
+            for path in (image, label):
+                stat = os.stat(path)
+                digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return {"view": "segmentation", "dataset": self.dataset, "root": str(self.root), "split": self.split,
+                "count": len(self), "files_sha256": digest.hexdigest()}
+
 
 def load_split(name: str, root: str | os.PathLike, split: str) -> SegSplit:
     """A split ("train" or "val") of a dataset, read with its probes.data reader (errors name file and field)."""
@@ -295,7 +307,8 @@ def describe_encoder(model: str, format: str | None = None, arch: Any = None, br
     segmentation input size through the zoo.
     """
     from probes.zoo.build import build_model
-    from probes.zoo.registry import BASELINE_FORMAT, FORMATS, Arch, get_entry, local_entry, parse_arch
+    from probes.zoo.formats import FORMATS
+    from probes.zoo.registry import BASELINE_FORMAT, Arch, get_entry, local_entry, parse_arch
 
     model = os.fspath(model)
     if model.startswith("timm:"):
@@ -329,7 +342,7 @@ def describe_encoder(model: str, format: str | None = None, arch: Any = None, br
         size = net.patch_embed.img_size
         return EncoderSpec(model, format, arch_dict, branch, entry.method, "vit", len(net.blocks),
                            (int(net.embed_dim),) * len(net.blocks), int(net.patch_embed.patch_size[0]), int(size[0]),
-                           FORMATS[fmt].sincos, base.model.startswith("beit"))
+                           FORMATS[fmt].sincos is not None, base.model.startswith("beit"))
     channels = tuple(int(info["num_chs"]) for info in net.feature_info[1:])
     return EncoderSpec(model, format, arch_dict, branch, entry.method, "resnet", len(channels), channels, None, None,
                        False, False)

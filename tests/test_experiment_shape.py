@@ -56,12 +56,16 @@ def test_a_new_shared_option_reaches_every_script_without_other_edits(cub_root, 
     assert anchor in text
     options.write_text(text.replace(anchor, FAKE.lstrip("\n") + anchor, 1))          # the only edit
     cifar = synth("cifar10", tmp_path / "cifar", seed=0, train_per_class=4, test_per_class=2)
+    lip = synth("lip", tmp_path / "lip", seed=0)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PARTPROBE_")},
            "PYTHONPATH": str(copy), "PARTPROBE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
-    runs = {"part_retrieval": ["--data-root", cub_root],
-            "object_retrieval": ["--data-root", cifar, "--no-knn"],
-            "linear_probe": ["--data-root", cub_root, "--epochs", "1", "--no-knn"],
-            "attentive_probe": ["--data-root", cub_root, "--epochs", "1"],
+    small = ["--input-size", "32"]
+    runs = {"part_retrieval": [*small, "--data-root", cub_root],
+            "object_retrieval": [*small, "--data-root", cifar, "--no-knn"],
+            "linear_probe": [*small, "--data-root", cub_root, "--epochs", "1", "--no-knn"],
+            "attentive_probe": [*small, "--data-root", cub_root, "--epochs", "1"],
+            "part_segmentation": ["--dataset", "lip", "--data-root", lip, "--protocol", "dense",
+                                  "--dense-input-size", "64"],
             "patch_grid": None}
     for script, args in runs.items():
         command = [sys.executable, str(copy / "probes" / f"{script}.py")]
@@ -70,7 +74,7 @@ def test_a_new_shared_option_reaches_every_script_without_other_edits(cub_root, 
         if args is None:
             continue
         results = tmp_path / "results" / script
-        done = subprocess.run(command + ["--model", "colorstats", "--input-size", "32", "--fake-probe-option", "3",
+        done = subprocess.run(command + ["--model", "colorstats", "--fake-probe-option", "3",
                                          "--results", str(results), "--data-source", "synthetic", "--quiet",
                                          *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{script}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"

@@ -98,12 +98,13 @@ def _env(home) -> dict:
 
 
 def _records(folder) -> list[dict]:
-    return [json.loads(p.read_text()) for p in Path(folder).rglob("*.json") if not p.name.endswith(".config.json")]
+    from probes.results import iter_record_paths
+    return [json.loads(p.read_text()) for p in iter_record_paths(folder)] if Path(folder).is_dir() else []
 
 
 def test_kill_9_then_resume_ends_like_an_uninterrupted_run(golden, lip_root, tmp_path):
     # Deterministic batches (no random augmentation, workers 0): a resumed run must repeat the same steps.
-    options = ["--iters", "120", "--batch-size", "2", "--checkpoint-interval", "10", "--augmentation", "none"]
+    options = ["--iters", "120", "--train-batch-size", "2", "--checkpoint-interval", "10", "--augmentation", "none"]
     whole = subprocess.run(_script(golden, lip_root, tmp_path / "r_whole", tmp_path / "w_whole", *options),
                            env=_env(tmp_path / "h1"), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -133,7 +134,7 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(golden, lip_root, tmp
 def test_two_process_gloo_run_writes_one_record(golden, lip_root, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                *_script(golden, lip_root, tmp_path / "records", tmp_path / "work", "--iters", "20",
-                        "--batch-size", "4")[1:]]
+                        "--train-batch-size", "4")[1:]]
     out = subprocess.run(command, env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     records = _records(tmp_path / "records")
