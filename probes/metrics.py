@@ -272,6 +272,14 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
     return result
 
 
+def retrieval_record_metrics(scores: dict, ks: Sequence[int], class_names: Sequence[str] | None = None) -> dict:
+    """A ``retrieval_metrics`` result as record metrics in percent: AP, mAP, P@k (and AP[<class>] with names)."""
+    out = {"AP": 100 * scores["AP"], "mAP": 100 * scores["mAP"], **{f"P@{k}": 100 * scores[f"P@{k}"] for k in ks}}
+    if class_names is not None:
+        out.update({f"AP[{class_names[c]}]": 100 * v for c, v in scores["per_class_AP"].items()})
+    return out
+
+
 # --- nearest neighbours ---------------------------------------------------------------------------------------
 def _faiss():
     try:

@@ -28,8 +28,8 @@ from typing import Literal
 from probes import artifacts, experiment
 from probes.experiment import Experiment
 from probes.features import extract
-from probes.metrics import knn_metrics, knn_protocol, retrieval_metrics, topk_neighbours
-from probes.options import ImageDataOptions, KnnOptions, Preset, option, section
+from probes.metrics import knn_metrics, knn_protocol, retrieval_metrics, retrieval_record_metrics, topk_neighbours
+from probes.options import ImageDataOptions, KnnOptions, Preset, RetrievalOptions, option, section
 from probes.results import data_digest, make_record
 from probes.views.classification import Task, build_task
 from probes.views.objects import coco_objects
@@ -37,7 +37,6 @@ from probes.views.transforms import normalization
 
 KS = (1, 5, 10)
 NOT_PUBLISHED = "protocol not published (docs/protocols.md#object-retrieval): object-level retrieval of the TMLR version"
-SELF_MATCH_MODES = {"included": ["included"], "excluded": ["excluded"], "both": ["included", "excluded"]}
 
 
 @dataclass
@@ -56,27 +55,16 @@ class ObjectData(ImageDataOptions):
 
 
 @dataclass
-class ObjectRetrievalProtocol:
-    features: list[str] | None = option(None, flag="--feature", repeat=True, recorded=False,
-                                        help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection; "
-                                             "default patch_mean and cls.")
-    block: int | None = option(None, recorded=False, help="Pool the features from block K's output (0-based, "
-                                                          "before the final norm).")
-    self_match: Literal["included", "excluded", "both"] = option(
-        "both", help="COCO: whether each query's own crop is in its ranking (queries are the gallery).",
-        recorded=False)
-
-
-@dataclass
 class ObjectRetrievalConfig(Experiment):
     NAME = "object_retrieval"
     PRESETS = {"default": Preset({"data.normalize": "imagenet", "data.image_transform": "resize",
+                                  "protocol.self_match": "both",
                                   "model.precision": "bf16", "model.mae_token_shuffle": False},
                                  about="ImageNet statistics, whole images resized, bf16 on a GPU")}
 
     preset: str = option("default", help="Protocol preset.", cli=False)
     data: ObjectData = section(ObjectData)
-    protocol: ObjectRetrievalProtocol = section(ObjectRetrievalProtocol)
+    protocol: RetrievalOptions = section(RetrievalOptions)
     knn: KnnOptions = section(KnnOptions)
 
     def validate(self) -> None:
@@ -129,15 +117,14 @@ def run(cfg: ObjectRetrievalConfig) -> list:
                   model=experiment.model_label(cfg, encoder))
     device = encoder.device if encoder.device.type == "cuda" else None
     for feature in features:
-        for mode in (SELF_MATCH_MODES[cfg.protocol.self_match] if same else ["disjoint"]):
+        for mode in cfg.protocol.modes(same):
             include_self = mode != "excluded"
             scores = retrieval_metrics(query_x[feature], query.labels, None if same else gallery_x[feature],
                                        None if same else gallery.labels, include_self=include_self, ks=KS,
                                        num_classes=task.num_classes, device=device)
             sims, ids = topk_neighbours(query_x[feature], None if same else gallery_x[feature],
                                         min(artifacts.TOPK, len(gallery) - 1), exclude_self=(mode == "excluded"))
-            metrics = {"AP": 100 * scores["AP"], "mAP": 100 * scores["mAP"],
-                       **{f"P@{k}": 100 * scores[f"P@{k}"] for k in KS}}
+            metrics = retrieval_record_metrics(scores, KS)
             extra = [f"{scores['num_queries_without_positives']} queries have no positive: left out of the means"] \
                 if scores["num_queries_without_positives"] else []
             queries = f"queries.{feature}.{mode}.csv"

@@ -598,6 +598,26 @@ class KnnOptions:
 
 
 @dataclass
+class RetrievalOptions:
+    """What a retrieval run ranks, and whether a query ranks itself (docs/protocols.md#queries-gallery-and-positives)."""
+
+    features: list[str] | None = option(None, flag="--feature", repeat=True, recorded=False,
+                                        help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection; "
+                                             "default patch_mean and cls (+ projection when the checkpoint has one).")
+    block: int | None = option(None, recorded=False, help="Pool the features from block K's output (0-based, "
+                                                          "before the final norm) instead of the final output.")
+    self_match: Literal["included", "excluded", "both"] | None = option(
+        None, help="When queries are the gallery: whether each query's own item is in its ranking (the official "
+                   "part-retrieval code: included). Default: the preset's.")
+
+    def modes(self, same: bool = True) -> list[str]:
+        """The self-match modes to score: one or both when queries are the gallery, ``disjoint`` otherwise."""
+        if not same:
+            return ["disjoint"]
+        return {"included": ["included"], "excluded": ["excluded"], "both": ["included", "excluded"]}[self.self_match]
+
+
+@dataclass
 class DataOptions:
     """Which data, and how its images are normalised for the encoder."""
 

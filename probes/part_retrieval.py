@@ -35,14 +35,13 @@ from typing import Literal
 from probes import artifacts, experiment
 from probes.experiment import Experiment
 from probes.features import extract, extract_dense
-from probes.metrics import retrieval_metrics, topk_neighbours
-from probes.options import ConfigError, InputDataOptions, Preset, option, recorded_values, section
+from probes.metrics import retrieval_metrics, retrieval_record_metrics, topk_neighbours
+from probes.options import ConfigError, InputDataOptions, Preset, RetrievalOptions, option, recorded_values, section
 from probes.results import data_digest, make_record
 from probes.views.parts import PartCropOptions, crop_transform, part_crops
 from probes.views.transforms import normalization
 
 KS = (1, 5, 10)
-SELF_MATCH_MODES = {"included": ["included"], "excluded": ["excluded"], "both": ["included", "excluded"]}
 
 
 @dataclass
@@ -51,17 +50,6 @@ class PartRetrievalData(InputDataOptions):
                                              recorded=False)
     split: str | None = option(None, help="CUB train/test or a COCO split; default: the whole retrieval "
                                           "database (CUB: all images; COCO: train2017).", recorded=False)
-
-
-@dataclass
-class PartRetrievalProtocol:
-    features: list[str] | None = option(None, flag="--feature", repeat=True, recorded=False,
-                                        help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection; "
-                                             "default patch_mean and cls (+ projection when the checkpoint has one).")
-    block: int | None = option(None, recorded=False, help="Pool the features from block K's output (0-based, "
-                                                          "before the final norm) instead of the final output.")
-    self_match: Literal["included", "excluded", "both"] | None = option(
-        None, help="Whether each query's own patch is in its ranking (the official code: included).")
 
 
 @dataclass
@@ -93,7 +81,7 @@ class PartRetrievalConfig(Experiment):
 
     data: PartRetrievalData = section(PartRetrievalData)
     crops: PartCropOptions = section(PartCropOptions)
-    protocol: PartRetrievalProtocol = section(PartRetrievalProtocol)
+    protocol: RetrievalOptions = section(RetrievalOptions)
     audit: AuditOptions = section(AuditOptions)
 
     def validate(self) -> None:
@@ -149,15 +137,13 @@ def run(cfg: PartRetrievalConfig) -> list:
     this.artifacts["items.csv"] = artifacts.items_csv(db)
     neighbours = {}
     for feature in features:
-        for mode in SELF_MATCH_MODES[protocol.self_match]:
+        for mode in protocol.modes():
             scores = retrieval_metrics(vectors[feature], view.labels, include_self=(mode == "included"), ks=KS,
                                        num_classes=len(view.class_names), device=metric_device(encoder))
             sims, ids = topk_neighbours(vectors[feature], None, min(artifacts.TOPK, len(db) - 1),
                                         exclude_self=(mode == "excluded"))
             neighbours[feature, mode] = (sims, ids)
-            metrics = {"AP": 100 * scores["AP"], "mAP": 100 * scores["mAP"],
-                       **{f"P@{k}": 100 * scores[f"P@{k}"] for k in KS},
-                       **{f"AP[{view.class_names[c]}]": 100 * v for c, v in scores["per_class_AP"].items()}}
+            metrics = retrieval_record_metrics(scores, KS, view.class_names)
             record_notes = ["part-retrieval on generated data: not comparable with the paper"] \
                 if data.data_source == "synthetic" else []
             if scores["num_queries_without_positives"]:
@@ -175,7 +161,7 @@ def run(cfg: PartRetrievalConfig) -> list:
     if cfg.audit.grid and crops.crop != "dense":
         from probes.grid import choose_queries, part_grid
 
-        feature, mode = features[0], SELF_MATCH_MODES[protocol.self_match][-1]
+        feature, mode = features[0], protocol.modes()[-1]
         sims, ids = neighbours[feature, mode]
         path = part_grid(db.crop, view.labels, view.class_names,
                          choose_queries(view.labels, cfg.audit.grid_queries, cfg.seed), ids, sims, cfg.audit.grid,
