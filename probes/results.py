@@ -49,7 +49,7 @@ SCHEMA_PATH = Path(__file__).with_name("results_schema.json")
 
 # Probe names the suite writes; the task is "<dataset>_<probe>", e.g. "cub_part_retrieval".
 PROBES = ("part_retrieval", "object_retrieval", "knn", "linear_probe", "attentive_probe", "linear_segmentation",
-          "finetune_segmentation", "dense_segmentation")
+          "finetune_segmentation", "dense_segmentation", "detection")
 
 RUN_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
 CONFIG_HASH_PATTERN = re.compile(r"^[0-9a-f]{16}$")

@@ -262,3 +262,111 @@ def _crowd_annotation(ann_id, image_id, mask: np.ndarray) -> dict:
     return {"segmentation": {"counts": rle_counts(mask), "size": [int(mask.shape[0]), int(mask.shape[1])]},
             "area": float(mask.sum()), "iscrowd": 1, "image_id": image_id,
             "bbox": [float(x0), float(y0), float(w), float(h)], "category_id": 1, "id": ann_id}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Instances only, for detection and instance segmentation: every object is a polygon whose shape, colour and
+# stripes name its category, so a detector learns something measurable in a few hundred CPU iterations.
+# ------------------------------------------------------------------------------------------------------------
+
+# Unit-square outlines (x, y in [0, 1]) per category: convex and non-convex, with straight and curved edges.
+_ELLIPSE = tuple((0.5 + 0.5 * np.cos(t), 0.5 + 0.5 * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 24, endpoint=False))
+OBJECT_SHAPES = {
+    3: ((0, 0), (1, 0), (1, 1), (0, 1)),                                  # car: rectangle
+    18: _ELLIPSE,                                                         # dog: ellipse
+    44: ((0.5, 0), (1, 1), (0, 1)),                                       # bottle: triangle
+    62: ((0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)),                         # chair: diamond
+    72: ((0.25, 0), (0.75, 0), (1, 0.5), (0.75, 1), (0.25, 1), (0, 0.5)),  # tv: hexagon
+    90: ((0, 0), (1, 0), (1, 0.4), (0.4, 0.4), (0.4, 1), (0, 1)),         # toothbrush: L shape
+}
+MIN_OBJECT_SIDE = 10
+
+
+def synth_coco_instances(out_dir: str | os.PathLike, seed: int = 0, train_images: int = 16, val_images: int = 8,
+                         image_size: int = 128, max_objects: int = 4, object_categories=OBJECT_CATEGORIES,
+                         size_mix=(0.35, 0.45, 0.2)) -> Path:
+    """COCO 2017 instances files (annotations/instances_{train,val}2017.json, train2017/, val2017/) of planted
+    polygon objects; returns out_dir.
+
+    Images are ``image_size`` wide and 0.75-1 x as high. Each holds 1 to ``max_objects`` non-overlapping
+    objects; ``size_mix`` gives the chances of COCO's small (< 32^2 px), medium and large (> 96^2 px, as large as
+    the image allows: it needs images of 160 px and up) ranges. The drawn pixels are exactly the annotation's mask (pycocotools
+    rasterises the polygon), ``area`` is that mask's area and ``bbox`` its extent. The first image of each
+    split also has a crowd (iscrowd = 1, uncompressed RLE), which training and COCOeval ignore. All 80
+    categories are listed, with their non-contiguous ids.
+    """
+    from pycocotools import mask as mask_utils
+
+    for category_id in object_categories:
+        if category_id not in OBJECT_SHAPES:
+            raise ValueError(f"object category {category_id} has no shape; choose from {sorted(OBJECT_SHAPES)}")
+    if len(size_mix) != 3 or min(size_mix) < 0 or abs(sum(size_mix) - 1) > 1e-6:
+        raise ValueError(f"size_mix must be three chances (small, medium, large) summing to 1, got {size_mix}")
+    if image_size < 4 * MIN_OBJECT_SIDE or min(train_images, val_images) < 1 or max_objects < 1:
+        raise ValueError(f"image_size >= {4 * MIN_OBJECT_SIDE}, >= 1 image per split and max_objects >= 1 expected, "
+                         f"got {image_size}, {train_images}/{val_images}, {max_objects}")
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    state = {"next_ann_id": int(rng.integers(100_000, 200_000)), "used_image_ids": set()}
+    categories = [{"supercategory": supercategory, "id": category_id, "name": name}
+                  for category_id, (name, supercategory) in coco.CATEGORIES.items()]
+    for split, count in (("train2017", train_images), ("val2017", val_images)):
+        images, annotations = [], []
+        for index in range(count):
+            width, height = image_size, int(round(image_size * rng.uniform(0.75, 1.0)))
+            image_id = _new_image_id(rng, state)
+            pixels = noise_background(rng, height, width)
+            boxes = []
+            if index == 0:   # a crowd in one corner region
+                state["next_ann_id"] += int(rng.integers(1_000, 50_000))
+                box = (0, 0, width // 3, height // 3)
+                mask = _ellipse_mask(height, width, box)
+                _fill_texture(rng, pixels, mask, CATEGORY_COLOURS[1], 0.0, 10)
+                annotations.append(_crowd_annotation(state["next_ann_id"], image_id, mask))
+                boxes.append(box)
+            for _ in range(int(rng.integers(1, max_objects + 1))):
+                placed = _place_box(rng, width, height, boxes, size_mix)
+                if placed is None:
+                    continue
+                boxes.append(placed)
+                category_id = int(object_categories[int(rng.integers(len(object_categories)))])
+                x0, y0, x1, y1 = placed
+                polygon = [float(v) for px, py in OBJECT_SHAPES[category_id]
+                           for v in (x0 + px * (x1 - x0), y0 + py * (y1 - y0))]
+                rle = mask_utils.merge(mask_utils.frPyObjects([polygon], height, width))
+                mask = mask_utils.decode(rle).astype(bool)
+                position = list(object_categories).index(category_id)
+                _fill_texture(rng, pixels, mask, CATEGORY_COLOURS[category_id], STRIPE_ANGLES[position % 4],
+                              STRIPE_PERIODS[position % 3])
+                state["next_ann_id"] += int(rng.integers(1_000, 50_000))
+                annotations.append({"segmentation": [polygon], "area": float(mask_utils.area(rle)), "iscrowd": 0,
+                                    "image_id": image_id, "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                                    "category_id": category_id, "id": state["next_ann_id"]})
+            file_name = f"{image_id:012d}.jpg"
+            save_jpeg(out_dir / split / file_name, pixels)
+            images.append({"license": int(rng.integers(1, 9)), "file_name": file_name,
+                           "coco_url": f"http://images.cocodataset.org/{split}/{file_name}", "height": height,
+                           "width": width, "date_captured": f"2013-11-{int(rng.integers(10, 29))} 17:02:52",
+                           "flickr_url": f"http://farm{int(rng.integers(1, 10))}.staticflickr.com/synthetic/{image_id}.jpg",
+                           "id": image_id})
+        write_json_atomic(out_dir / "annotations" / f"instances_{split}.json",
+                          {"info": INFO, "licenses": LICENSES, "images": images, "annotations": annotations,
+                           "categories": categories}, indent=None)
+    return out_dir
+
+
+def _place_box(rng, width: int, height: int, taken: list, size_mix, tries: int = 40):
+    """A box (x0, y0, x1, y1) 2 px clear of every taken box, or None if none fits. Its area is drawn from COCO's
+    small (< 32^2), medium or large (> 96^2) range (chances ``size_mix``), log-uniform within it, aspect 0.6-1.6,
+    sides <= 0.9 x image."""
+    high = int(0.9 * min(width, height))
+    lo, hi = {0: (MIN_OBJECT_SIDE ** 2, 32 ** 2), 1: (32 ** 2, 96 ** 2), 2: (96 ** 2, high ** 2)}[
+        int(rng.choice(3, p=size_mix))]
+    for _ in range(tries):
+        area, aspect = np.exp(rng.uniform(np.log(lo), np.log(max(lo, hi)))), np.exp(rng.uniform(np.log(0.6), np.log(1.6)))
+        w, h = (int(np.clip(round(v), MIN_OBJECT_SIDE, high)) for v in (np.sqrt(area * aspect), np.sqrt(area / aspect)))
+        x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        box = (x0, y0, x0 + w, y0 + h)
+        if all(box[0] >= b[2] + 2 or box[2] + 2 <= b[0] or box[1] >= b[3] + 2 or box[3] + 2 <= b[1] for b in taken):
+            return box
+    return None

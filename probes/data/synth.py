@@ -13,6 +13,7 @@ from pathlib import Path
 GENERATORS: dict[str, str] = {
     "cub": "probes.data.cub_synth:synth_cub",
     "coco": "probes.data.coco_synth:synth_coco",
+    "coco-instances": "probes.data.coco_synth:synth_coco_instances",
     "cifar10": "probes.data.cifar_synth:synth_cifar10",
     "lip": "probes.data.lip_synth:synth_lip",
     "ade20k-part-209": "probes.data.mmseg_synth:synth_ade20k_part_209",
