@@ -131,19 +131,16 @@ OPTION_KEYS = {
     "base_lr": ("base_lr",),
     "optimizer": ("optimizer",),
     "weight_decay": ("weight_decay",),
-<<<<<<< HEAD
     "iters": ("iters",),
     "lr": ("lr",),
     "seg_final_norm": ("seg_final_norm",),
     "seg_aux_head": ("seg_aux_head",),
     "crop_size": ("crop_size",),
     "train_augmentation": ("train_augmentation",),
-=======
     "recipe": ("recipe",),
     "backbone_training": ("backbone_training",),
     "recipe_overrides": ("recipe_overrides",),
     "backbone_norm": ("backbone_norm",),
->>>>>>> det
 }
 
 
