@@ -46,11 +46,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.transforms import offset_copy
 
-from analysis.leaderboard import (DERIVED_OPTIONS, OUTCOMES, Cell, ColumnKey, LoadedRecord, RecordSet, RowKey,
-                                  build_cells, load_records)
+from analysis.leaderboard import (DERIVED_OPTIONS, OUTCOMES, Cell, ColumnKey, LeaderboardError, LoadedRecord,
+                                  RecordSet, RowKey, build_cells, load_records)
 from analysis.names import PROBES as PROBE_NAMES, dataset_name, model_labels, paper_name, paper_order, task_name
 from probes.fileio import atomic_path, write_bytes_atomic
 from probes.published import PAPER_MODELS, reference_values
+from probes.results import RecordError
 
 HEADLINE_METRICS = ("AP", "top1_best", "top1", "mIoU", "acc1", "mAP")
 FEATURE_PREFERENCE = ("patch_mean", "cls", "tokens", "blocks", "projection")
@@ -299,6 +300,7 @@ def object_vs_part(records, out_png: str | os.PathLike) -> FigureResult:
                             "ADE20K-Object-59/ADE20K-Part-209, Pascal-Object-16/Pascal-Part-193 segmentation; COCO/"
                             "COCO and CIFAR-10/CUB retrieval; ImageNet or CIFAR-10 vs CUB/COCO linear or attentive "
                             "probe)")
+    left_out = [f"{o} vs {p}" for o, p, _ in panels[MAX_PANELS:]]
     panels = panels[:MAX_PANELS]
     labels = _labels(cells)
     legend = Legend("object_vs_part: object-level (light) beside part-level (dark) score per model")
@@ -329,7 +331,8 @@ def object_vs_part(records, out_png: str | os.PathLike) -> FigureResult:
     path = _save(fig, out_png)
     legend.write(path, labels)
     return FigureResult("object_vs_part", path, f"{len(panels)} object/part pair(s): "
-                        + ", ".join(f"{o} vs {p}" for o, p, _ in panels))
+                        + ", ".join(f"{o} vs {p}" for o, p, _ in panels)
+                        + (f" ({MAX_PANELS} panels at most; not drawn: {', '.join(left_out)})" if left_out else ""))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -663,7 +666,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         executed = run_notebook(args.results, args.out, max_grids=args.grids)
         print(f"executed notebook: {executed}")
         return 0
-    for outcome in build_all(args.results, args.out, max_grids=args.grids):
+    try:
+        outcomes = build_all(args.results, args.out, max_grids=args.grids)
+    except (LeaderboardError, RecordError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for outcome in outcomes:
         print(f"{outcome.name}: {outcome.path or '-'}  ({outcome.message})")
     return 0
 

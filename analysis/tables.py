@@ -26,7 +26,7 @@ configurations of the records that exist).
 
 **Files** (``--out DIR``; without it the Markdown goes to stdout): ``table<N>.csv`` (compact, for machines:
 per paper column the value, ``published`` and ``delta``), ``table<N>.md``, ``table<N>.tex`` (booktabs:
-``\\usepackage{booktabs}``), ``table<N>.sources.csv`` (one row per filled cell: the record file it came from,
+``\\usepackage{booktabs}``, ``graphicx``), ``table<N>.sources.csv`` (one row per filled cell: the record file it came from,
 its value and its footnotes), ``table<N>.commands.sh`` (the runs that fill the empty cells, one a line). ``--per-class`` adds ``per_class.<task>.csv`` / ``.md``: classes as rows, one
 column per record, from each record's ``per_class`` artifact (classification accuracy, segmentation IoU) or
 its ``<metric>[<class>]`` metrics (part retrieval AP).
@@ -78,7 +78,6 @@ class Column:
     tasks: tuple[str, ...]             # the paper's task first, then tasks that may fill it with a footnote
     metric: str                        # unprefixed
     features: tuple[str, ...] | None   # None: any feature (segmentation)
-    split: str | None
     args: tuple[str, ...] = ()         # what the command that fills it adds to the script's defaults
 
     @property
@@ -127,7 +126,7 @@ def _column(table: str, entry: paper.PublishedValue) -> Column:
         args = ("--feature", entry.features[0])
     elif table == "Table 1":
         args = ("--preset", "cae-linear" if probe == "linear_probe" else "cae-attentive")
-    return Column(group, name, entry.column, tasks, entry.metrics[0], entry.features, entry.split, args)
+    return Column(group, name, entry.column, tasks, entry.metrics[0], entry.features, args)
 
 
 def table_specs() -> dict[str, TableSpec]:
@@ -463,8 +462,9 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: PaperTable) -> str:
-    """A booktabs table float (``\\usepackage{booktabs}``): two header rows (the paper's column groups and
-    names), one row per model, the footnotes and the cell format under the tabular."""
+    """A booktabs table float (``\\usepackage{booktabs}``, ``graphicx``): two header rows (the paper's column
+    groups and names), one row per model, the footnotes under the tabular; a tabular wider than the line is
+    shrunk to it."""
     spec = table.spec
     n = len(spec.columns)
     groups: list[tuple[str, int]] = []
@@ -473,10 +473,12 @@ def to_latex(table: PaperTable) -> str:
             groups[-1] = (column.group, groups[-1][1] + 1)
         else:
             groups.append((column.group, 1))
-    lines = [f"% {spec.title} from partprobe records (python -m analysis.tables); needs \\usepackage{{booktabs}}",
+    lines = [f"% {spec.title} from partprobe records (python -m analysis.tables); needs \\usepackage{{booktabs}} "
+             "and \\usepackage{graphicx}",
              "\\begin{table}[t]", "\\centering", "\\small",
              f"\\caption{{{latex_escape(spec.caption)}. Cells: {latex_escape(CELL_FORMAT)}.}}",
              f"\\label{{tab:partprobe-table{spec.key}}}",
+             "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",   # shrink to the line, never grow
              f"\\begin{{tabular}}{{l{'r' * n}}}", "\\toprule"]
     header = ["Model"] + [f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(group)}}}" for group, span in groups]
     lines.append(" & ".join(header) + " \\\\")
@@ -497,7 +499,7 @@ def to_latex(table: PaperTable) -> str:
                            table.marks.get((row.label, c.paper_column), ()), latex=True) for c in spec.columns]
         cells = [c if "$" in c or "\\textsuperscript" in c else latex_escape(c) for c in cells]
         lines.append(" & ".join([latex_escape(row.label)] + cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += ["\\bottomrule", "\\end{tabular}}"]
     if table.footnotes:
         lines.append("\\par\\smallskip\\raggedright\\footnotesize")
         lines += [f"\\textsuperscript{{{i}}}{latex_escape(note)}\\par" for i, note in enumerate(table.footnotes, 1)]

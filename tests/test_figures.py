@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import matplotlib.image
-import pytest
 
 from analysis import figures
 from probes.results import make_record

@@ -5,6 +5,8 @@ import csv
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from probes.results import RunRecord, make_record, seal
 from conftest import write_record
 
 SHA = "ab" * 32
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write(folder, model, probe="part_retrieval", dataset="cub", feature="patch_mean", block=None, protocol=None,
@@ -304,9 +307,11 @@ def test_records_whose_digest_does_not_match_are_refused_and_each_is_named(resul
         data["metrics"][key] += 10.0
         path.write_text(json.dumps(data))
     out = tmp_path / "board.csv"
-    assert leaderboard.main(["--results", *map(str, folders), "--out", str(out)]) == 2
-    error = capsys.readouterr().err
-    assert "2 invalid record file(s), nothing exported (--skip-invalid exports the rest)" in error
+    done = subprocess.run([sys.executable, "-m", "analysis.leaderboard", "--results", *map(str, folders),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    error = done.stderr
+    assert error.startswith("error: 2 invalid record file(s), nothing exported (--skip-invalid exports the rest)")
     for path in paths:
         assert re.search(rf"{re.escape(str(path))}: field 'content_sha256': expected [0-9a-f]{{64}} \(the digest of "
                          r"the record's metrics, protocol and identity; the record was changed after it was written\)",
