@@ -21,6 +21,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m probes.demo --out demo_data
 	$(PY) -m analysis.leaderboard --results demo_data/results --out demo_data/leaderboard.csv
+	$(PY) -m analysis.tables --results demo_data/results --out demo_data/tables --per-class
 	$(PY) -m analysis.figures --results demo_data/results --out demo_data/figures
 
 test: $(STAMP)

@@ -1,7 +1,11 @@
 """Merge result folders into one leaderboard: one row per model, one column per measured cell.
 
     python -m analysis.leaderboard --results DIR [DIR ...] --out leaderboard.csv [--format csv|md] [--long]
-                                   [--skip-invalid]
+                                   [--skip-invalid] [--probe P ...] [--dataset D ...] [--feature F ...]
+                                   [--metric M ...]
+
+This wide CSV is for machines (one column per measured cell); the paper's tables, compact, with published
+values, deltas and protocol footnotes, are ``python -m analysis.tables``.
 
 **Rows.** One per model: (``model``, ``checkpoint_sha256``). Two different files registered under one
 name are two rows, never averaged or overwritten.
@@ -11,7 +15,9 @@ name are two rows, never averaged or overwritten.
 ``cub_part_retrieval/AP [patch_mean include_self=false]``. The variant lists exactly the settings that
 differ between the records of one (task, feature, block) group: the split, the seed and every protocol
 option (except ``DERIVED_OPTIONS``, e.g. ``normalize_mean``, which follow from another option and the
-model). So two protocols (self-match included or not, crop paper or official-code, ...) never share a
+model, and ``OUTCOMES``, e.g. a segmentation run's ``absent_classes``, which the run found rather than was
+told), ``MODEL_OPTIONS`` (``weights_branch``) unless one model has two values of it, and the data
+(``data=<digest>``, only when two records of a group were measured on different data). So two protocols (self-match included or not, crop paper or official-code, ...) never share a
 column, and a setting common to all records of the group is left out of the name (it is listed in
 ``<out>.columns.csv``, which describes every column: task, metric, feature, block, variant and the
 group's full protocol). Next to a column with at least one published value come ``... published`` and
@@ -21,19 +27,29 @@ group's full protocol). Next to a column with at least one published value come 
 kept once when both files are identical, and is an error when they differ. Reruns of one configuration
 (same ``config_hash``) are resolved by one rule, printed and written with the output: the latest
 ``created`` wins (ties: the larger ``run_id``); every superseded record is listed, with its path and the
-run that replaced it, in ``<out>.superseded.csv``. A cell therefore holds exactly one record's value.
+run that replaced it, in ``<out>.superseded.csv``. A cell therefore holds exactly one record's value. A
+superseded rerun whose metrics differ from the kept run's by more than ``TOLERANCE`` (0.01 percentage
+points) on any shared metric is a warning, printed and marked in that file (``beyond_tolerance``): the same
+configuration should give the same numbers, so one of the two runs is not what it claims.
+
+**Filters** (``--probe``, ``--dataset``, ``--feature``: records; ``--metric``: metric names, unprefixed,
+shell-style patterns such as ``'IoU[*'``) keep only the matching records and metrics; the rerun rule is
+applied before filtering.
 
 **Long form** (``--long``): one row per record, superseded ones included and marked, with every field,
 the flattened protocol (``protocol.<key>``) and one column per metric (plus published and delta).
 
-An invalid record file stops the export with an error naming the file and the field; ``--skip-invalid``
-reports such files and goes on.
+An invalid record file (bad schema, or a stored digest that does not match its content: a record changed
+after it was written) stops the export: every such file is listed with the field and what was expected,
+and nothing is written. ``--skip-invalid`` lists the same files and exports the rest.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime as _dt
+import fnmatch
 import io
 import json
 import sys
@@ -47,14 +63,33 @@ from probes.results import RecordError, RunRecord, config_path_for, iter_record_
 
 # Protocol values that follow from another recorded option and the model (normalize: "model" gives each
 # model its own mean/std). They never split a column: the option they follow from does.
-DERIVED_OPTIONS = ("normalize_mean", "normalize_std")
+DERIVED_OPTIONS = ("normalize_mean", "normalize_std", "num_tokens")
+# Protocol values a run found rather than was given (which classes were absent, the iteration reported, how many
+# training patches fit the memory): they differ between models of one protocol and never split a column.
+OUTCOMES = ("absent_classes", "reported_iter", "dense_memory_patches", "dense_patches_per_image")
+# Settings of the model itself (which branch of a checkpoint file ran): they tell rows apart, not protocols.
+MODEL_OPTIONS = ("weights_branch",)
+# A superseded rerun of one configuration that differs from the kept run by more than this on a shared metric
+# (percentage points) is reported: one configuration, two answers.
+TOLERANCE = 0.01
 RULE = ("reruns of one configuration (same config_hash): the latest `created` wins (ties: the larger run_id); "
-        "superseded runs are listed in {superseded}")
+        "superseded runs are listed in {superseded}, and a rerun whose metrics differ from the kept run's by more "
+        "than {tolerance} percentage points is a warning")
 UNSET = "(unset)"
 
 
 class LeaderboardError(ValueError):
     """Input the leaderboard cannot merge without losing or inventing a number."""
+
+
+class InvalidRecords(LeaderboardError):
+    """Record files the schema refuses (each named with its field); nothing is exported."""
+
+    def __init__(self, invalid: Sequence[tuple[Path, str]]):
+        self.invalid = list(invalid)
+        lines = [f"  {message}" for _, message in self.invalid]
+        super().__init__(f"{len(self.invalid)} invalid record file(s), nothing exported (--skip-invalid exports "
+                         f"the rest):\n" + "\n".join(lines))
 
 
 @dataclass
@@ -103,8 +138,6 @@ def load_records(results_dirs: Iterable[str | Path], skip_invalid: bool = False)
                 raw = read_record_json(path)
                 record = RunRecord.from_dict(raw, source=str(path))
             except RecordError as err:
-                if not skip_invalid:
-                    raise
                 invalid.append((path, str(err)))
                 continue
             config = config_path_for(path)
@@ -121,9 +154,74 @@ def load_records(results_dirs: Iterable[str | Path], skip_invalid: bool = False)
                 raise LeaderboardError(
                     f"{path}: run_id {record.run_id} is also in {previous.path} with different content; "
                     "one run cannot have two results (remove the wrong copy)")
+    if invalid and not skip_invalid:
+        raise InvalidRecords(invalid)
     records = sorted(by_run_id.values(), key=lambda r: (r.record.task, r.record.model, r.record.run_id))
     current, reruns = resolve_reruns(records)
     return RecordSet(records, current, reruns + copies, invalid, warnings)
+
+
+def select(record_set: RecordSet, probes: Sequence[str] = (), datasets: Sequence[str] = (),
+           features: Sequence[str] = (), metrics: Sequence[str] = ()) -> RecordSet:
+    """The records of the given probes, datasets and features (empty: all), with only the metrics whose
+    unprefixed name matches one of ``metrics`` (shell-style patterns; empty: all)."""
+    def keep(loaded: LoadedRecord) -> bool:
+        r = loaded.record
+        return ((not probes or r.probe in probes) and (not datasets or r.dataset in datasets)
+                and (not features or r.feature in features))
+
+    def trim(loaded: LoadedRecord) -> LoadedRecord:
+        if not metrics:
+            return loaded
+        r = loaded.record
+        names = {k for k in r.metrics if any(fnmatch.fnmatchcase(k.split("/", 1)[1], p) for p in metrics)}
+        record = dataclasses.replace(r, metrics={k: v for k, v in r.metrics.items() if k in names},
+                                     published={k: v for k, v in r.published.items() if k in names},
+                                     delta={k: v for k, v in r.delta.items() if k in names})
+        return LoadedRecord(record, loaded.path, loaded.config_path)
+
+    def kept(items: Sequence[LoadedRecord]) -> list[LoadedRecord]:
+        out = [trim(loaded) for loaded in items if keep(loaded)]
+        return [loaded for loaded in out if loaded.record.metrics]
+
+    superseded = [Superseded(trim(s.loaded), trim(s.kept), s.reason) for s in record_set.superseded if keep(s.loaded)]
+    return RecordSet(kept(record_set.records), kept(record_set.current), superseded, record_set.invalid,
+                     record_set.warnings)
+
+
+@dataclass
+class Difference:
+    """How far a superseded rerun's metrics are from the kept run's."""
+    max_abs: float | None        # over the metrics both have; None when they share none
+    metric: str                  # the metric of the largest difference
+    only_one: list[str]          # metrics only one of the two runs has
+
+    @property
+    def beyond_tolerance(self) -> bool:
+        return bool(self.only_one) or (self.max_abs is not None and self.max_abs > TOLERANCE)
+
+
+def difference(old: RunRecord, new: RunRecord) -> Difference:
+    shared = sorted(set(old.metrics) & set(new.metrics))
+    gaps = {k: abs(old.metrics[k] - new.metrics[k]) for k in shared}
+    metric = max(gaps, key=lambda k: (gaps[k], k)) if gaps else ""
+    return Difference(gaps[metric] if gaps else None, metric, sorted(set(old.metrics) ^ set(new.metrics)))
+
+
+def rerun_warnings(record_set: RecordSet) -> list[str]:
+    """One line per superseded rerun whose numbers differ from the kept run's beyond TOLERANCE."""
+    lines = []
+    for s in sorted(record_set.superseded, key=lambda s: str(s.loaded.path)):
+        if s.reason != "rerun":
+            continue
+        gap = difference(s.loaded.record, s.kept.record)
+        if not gap.beyond_tolerance:
+            continue
+        what = (f"by {gap.max_abs:.4g} points in {gap.metric}" if gap.max_abs is not None and gap.max_abs > TOLERANCE
+                else f"in which metrics it has ({', '.join(gap.only_one)})")
+        lines.append(f"superseded rerun {s.loaded.path} differs from the kept run {s.kept.path} {what} (tolerance "
+                     f"{TOLERANCE} points; same config_hash {s.kept.record.config_hash}: find out which one is right)")
+    return lines
 
 
 def _created(loaded: LoadedRecord) -> tuple[_dt.datetime, str]:
@@ -194,18 +292,27 @@ def format_option(value: Any) -> str:
 
 
 def _settings(record: RunRecord) -> dict[str, str]:
-    settings = {"split": format_option(record.split), "seed": format_option(record.seed)}
+    settings = {"split": format_option(record.split), "seed": format_option(record.seed),
+                "data": record.data_sha256[:12] or UNSET}
     for key, value in record.protocol.items():
-        if key not in DERIVED_OPTIONS:
+        if key not in DERIVED_OPTIONS and key not in OUTCOMES:
             settings[f"protocol.{key}" if key in ("split", "seed") else key] = format_option(value)
     return settings
 
 
 def variant_keys(records: Sequence[RunRecord]) -> list[str]:
-    """Settings whose value differs between the records of one (task, feature, block) group."""
+    """Settings whose value differs between the records of one (task, feature, block) group. A setting of the
+    model itself (``MODEL_OPTIONS``) splits a column only when one row has two values of it (a file's teacher
+    and its student): the row already tells one model's setting from another's."""
     all_settings = [_settings(r) for r in records]
     keys = sorted({k for s in all_settings for k in s})
     differing = [k for k in keys if len({s.get(k, UNSET) for s in all_settings}) > 1]
+    per_row: dict[tuple[str, str, str], set[str]] = {}
+    for r, settings in zip(records, all_settings):
+        for k in MODEL_OPTIONS:
+            per_row.setdefault((r.model, r.checkpoint_sha256, k), set()).add(settings.get(k, UNSET))
+    differing = [k for k in differing if k not in MODEL_OPTIONS
+                 or any(len(values) > 1 for (_, _, key), values in per_row.items() if key == k)]
     # split and seed first: they read as the coarsest distinction
     return sorted(differing, key=lambda k: (k not in ("split", "seed"), k))
 
@@ -276,8 +383,8 @@ def wide_table(current: Sequence[LoadedRecord]) -> tuple[Table, list[dict[str, A
                 "feature": column.feature, "block": "" if column.block is None else column.block,
                 "variant": " ".join(f"{k}={v}" for k, v in column.variant),
                 "split": first.split, "seed": "" if first.seed is None else first.seed,
-                "protocol": json.dumps({k: v for k, v in first.protocol.items() if k not in DERIVED_OPTIONS},
-                                       sort_keys=True),
+                "protocol": json.dumps({k: v for k, v in first.protocol.items()
+                                        if k not in DERIVED_OPTIONS and k not in OUTCOMES}, sort_keys=True),
                 "n_models": len(by_column[column]),
             })
     rows: dict[RowKey, dict[str, Any]] = {}
@@ -342,14 +449,16 @@ def long_table(record_set: RecordSet) -> Table:
 
 def superseded_table(record_set: RecordSet, rule: str) -> Table:
     header = ["run_id", "reason", "path", "config_hash", "created", "kept_run_id", "kept_path",
-              "max_abs_metric_difference", "rule"]
+              "max_abs_metric_difference", "metric_of_max_difference", "metrics_in_one_run_only",
+              "beyond_tolerance", "tolerance", "rule"]
     rows = []
     for s in sorted(record_set.superseded, key=lambda s: (str(s.loaded.path))):
         old, new = s.loaded.record, s.kept.record
-        shared = set(old.metrics) & set(new.metrics)
-        diff = max((abs(old.metrics[k] - new.metrics[k]) for k in shared), default="")
+        gap = difference(old, new)
         rows.append([old.run_id, s.reason, str(s.loaded.path), old.config_hash, old.created, new.run_id,
-                     str(s.kept.path), diff, rule if s.reason == "rerun" else "same run_id, same content: kept once"])
+                     str(s.kept.path), "" if gap.max_abs is None else gap.max_abs, gap.metric, " ".join(gap.only_one),
+                     gap.beyond_tolerance, TOLERANCE,
+                     rule if s.reason == "rerun" else "same run_id, same content: kept once"])
     return Table(header, rows)
 
 
@@ -405,22 +514,31 @@ class ExportSummary:
 
 
 def export(results_dirs: Sequence[str | Path], out: str | Path, fmt: str | None = None, long: bool = False,
-           skip_invalid: bool = False) -> ExportSummary:
+           skip_invalid: bool = False, probes: Sequence[str] = (), datasets: Sequence[str] = (),
+           features: Sequence[str] = (), metrics: Sequence[str] = ()) -> ExportSummary:
     out = Path(out)
     fmt = fmt or ("md" if out.suffix.lower() == ".md" else "csv")
     if fmt not in ("csv", "md"):
         raise LeaderboardError(f"--format {fmt!r}: expected 'csv' or 'md'")
-    record_set = load_records(results_dirs, skip_invalid=skip_invalid)
-    if not record_set.records:
+    everything = load_records(results_dirs, skip_invalid=skip_invalid)
+    if not everything.records:
         raise LeaderboardError(f"no result records under {', '.join(str(d) for d in results_dirs)}")
+    record_set = select(everything, probes, datasets, features, metrics)
+    filters = " ".join(f"--{name} {' '.join(values)}" for name, values in
+                       (("probe", probes), ("dataset", datasets), ("feature", features), ("metric", metrics)) if values)
+    if not record_set.records:
+        raise LeaderboardError(f"none of the {len(everything.records)} records matches {filters}")
     superseded_path = sidecar(out, "superseded")
-    rule = RULE.format(superseded=superseded_path.name)
+    rule = RULE.format(superseded=superseded_path.name, tolerance=TOLERANCE)
     n_reruns = sum(s.reason == "rerun" for s in record_set.superseded)
     n_copies = len(record_set.superseded) - n_reruns
     messages = [f"rule: {rule}",
-                f"{len(record_set.records)} records read from {len(results_dirs)} folder(s); "
+                f"{len(everything.records)} records read from {len(results_dirs)} folder(s); "
                 f"superseded reruns: {n_reruns}; identical copies merged: {n_copies}"]
+    if filters:
+        messages.append(f"filters {filters}: {len(record_set.records)} records kept")
     messages += [f"warning: {w}" for w in record_set.warnings]
+    messages += [f"warning: {w}" for w in rerun_warnings(record_set)]
     messages += [f"skipped invalid record: {err}" for _, err in record_set.invalid]
 
     columns_path = None
@@ -445,19 +563,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.leaderboard",
         description="Merge result folders into a leaderboard (one row per model, one column per task, "
-                    "metric, feature, block and protocol variant), with published values and deltas.")
+                    "metric, feature, block and protocol variant), with published values and deltas. For the "
+                    "paper's tables: python -m analysis.tables.")
     parser.add_argument("--results", nargs="+", required=True, metavar="DIR",
-                        help="result folders to merge (records are <DIR>/<task>/<model>/<run_id>.json)")
+                        help="result folders to merge (every <run_id>.json record under them)")
     parser.add_argument("--out", required=True, help="output file, e.g. leaderboard.csv or leaderboard.md")
     parser.add_argument("--format", choices=("csv", "md"), default=None,
                         help="output format (default: from the file suffix, csv unless .md)")
     parser.add_argument("--long", action="store_true",
                         help="one row per record (superseded reruns included and marked) instead of per model")
     parser.add_argument("--skip-invalid", action="store_true",
-                        help="report invalid record files and go on, instead of stopping at the first")
+                        help="list invalid record files and export the rest, instead of exporting nothing")
+    parser.add_argument("--probe", nargs="+", default=[], metavar="P",
+                        help="only records of these probes (e.g. part_retrieval linear_segmentation)")
+    parser.add_argument("--dataset", nargs="+", default=[], metavar="D",
+                        help="only records on these datasets (e.g. cub ade20k_part209)")
+    parser.add_argument("--feature", nargs="+", default=[], metavar="F",
+                        help="only records of these features (e.g. patch_mean cls tokens blocks)")
+    parser.add_argument("--metric", nargs="+", default=[], metavar="M",
+                        help="only these metrics, unprefixed; shell-style patterns (e.g. AP mIoU 'IoU[*')")
     args = parser.parse_args(argv)
     try:
-        summary = export(args.results, args.out, fmt=args.format, long=args.long, skip_invalid=args.skip_invalid)
+        summary = export(args.results, args.out, fmt=args.format, long=args.long, skip_invalid=args.skip_invalid,
+                         probes=args.probe, datasets=args.dataset, features=args.feature, metrics=args.metric)
     except (LeaderboardError, RecordError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.names import dataset_name, paper_name
 from probes.artifacts import read_table
 from probes.results import RecordError, RunRecord
+
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors", ".pdparams")
 
 
 class GridError(ValueError):
@@ -65,8 +69,13 @@ def grid_from_record(record_path, out, queries: int = 6, k: int = 8, formats=("p
         return image(row["image_path"]).crop(box)
 
     mode = "self excluded" if record.protocol.get("include_self") is False else "self included"
+    model = paper_name(record.model)
+    if Path(record.model).suffix in CHECKPOINT_SUFFIXES and record.checkpoint_sha256:   # a file: say which one
+        model += f" {record.checkpoint_sha256[:6]}"
+    generated = " / generated data" if record.protocol.get("data_source") == "synthetic" else ""
     return part_grid(crop, labels, class_names, choose_queries(labels, queries, record.seed or 0), ids, sims, out,
-                     k=k, title=f"{record.model} / {record.dataset} / {record.feature} / {mode}", formats=formats)
+                     k=k, title=f"{model} / {dataset_name(record.dataset)} / {record.feature} / {mode}{generated}",
+                     formats=formats)
 
 
 def main(argv=None) -> int:

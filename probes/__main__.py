@@ -22,6 +22,7 @@ COMMANDS = {
     "data": ("probes.data.__main__", "datasets: list, download, prepare, check, synth"),
     "demo": ("probes.demo", "the main job on generated data, no download"),
     "leaderboard": ("analysis.leaderboard", "merge result folders into a leaderboard"),
+    "tables": ("analysis.tables", "the paper's tables (3, 1, 4, 2) from result folders: CSV, Markdown, LaTeX"),
     "figures": ("analysis.figures", "figures from result folders"),
     "retrieval-grid": ("analysis.retrieval_grid", "retrieval grid of one part-retrieval record"),
 }

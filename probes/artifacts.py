@@ -3,8 +3,9 @@
 - ``items_csv(db)``: every item of a part database (index, image, part, keypoint, distance, the crop box
   PIL cuts), once per run.
 - ``queries_csv(scores, labels, class_names, neighbours)``: one row per query of a retrieval record: its
-  label, AP, precision@k, and its top-k gallery items with their similarities. The mean of the AP column
-  over the queries that have a positive is the record's AP.
+  label, AP and precision@k (percent, as the record's metrics), and its top-k gallery items with their
+  similarities. The mean of the AP column over the queries that have a positive (an empty AP: none) is the
+  record's AP.
 - ``per_class_csv(rows)``: a per-class table (classification accuracy, segmentation IoU).
 
 All are CSV (pandas reads them: ``pd.read_csv(path)``); list-valued cells are space-separated.
@@ -47,15 +48,16 @@ def items_csv(db) -> bytes:
 
 def queries_csv(scores: dict, labels: np.ndarray, class_names: Sequence[str], neighbour_sims, neighbour_ids,
                 ks: Sequence[int], gallery_labels: np.ndarray | None = None) -> bytes:
-    """One row per query: label, AP, P@k, top-k neighbours (gallery indices), their similarities and labels."""
+    """One row per query: label, AP and P@k in percent (``scores`` holds fractions), top-k neighbours (gallery
+    indices), their similarities and labels."""
     gallery_labels = labels if gallery_labels is None else gallery_labels
     header = ["query", "label", "class", "AP", *(f"P@{k}" for k in ks), "topk", "topk_similarity", "topk_relevant"]
     rows = []
     ap = scores["per_query_AP"]
     for q, label in enumerate(labels.tolist()):
         ids = neighbour_ids[q].tolist()
-        rows.append([q, label, class_names[label], float(ap[q]),
-                     *(float(scores[f"per_query_P@{k}"][q]) for k in ks),
+        rows.append([q, label, class_names[label], 100 * float(ap[q]),
+                     *(100 * float(scores[f"per_query_P@{k}"][q]) for k in ks),
                      " ".join(map(str, ids)), " ".join(f"{float(s):.6f}" for s in neighbour_sims[q].tolist()),
                      " ".join("1" if int(gallery_labels[j]) == label else "0" for j in ids)])
     return _csv(header, rows)

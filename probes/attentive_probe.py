@@ -136,8 +136,9 @@ def run(cfg: AttentiveProbeConfig) -> list:
                          metrics=result.selection(), seed=cfg.seed, wall_time_s=this.elapsed(), device=str(device),
                          notes=[classification.epochs_note(result.history)], protocol_notes=notes,
                          data_sha256=data_sha256, model=experiment.model_label(cfg, encoder),
-                         artifacts={"history": "history.csv"}),
-             {"history.csv": classification.history_csv(result.history)})
+                         artifacts={"history": "history.csv", "per_class": "per_class.csv"}),
+             {"history.csv": classification.history_csv(result.history),
+              "per_class.csv": classification.per_class_csv(head, evaluation, recipe, device, task.class_names)})
     return this.finish(headline=classification.selection_headline)
 
 

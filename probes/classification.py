@@ -126,6 +126,31 @@ def history_csv(history) -> bytes:
     return per_class_csv(columns, [[h.get(c, "") for c in columns] for h in history])
 
 
+def per_class_csv(head, evaluation, recipe: Recipe, device, class_names) -> bytes:
+    """Per-class top-1 of the trained head (its last epoch) on the evaluation split, in the evaluation batches the
+    run used (artifact ``per_class``): summed ``correct`` / summed ``n`` is the record's ``top1_last``."""
+    import torch
+
+    from probes.artifacts import per_class_csv as table
+    from probes.train import autocast, make_batches
+
+    head.eval()
+    batches = make_batches(range(len(evaluation)), recipe.eval_batch_size, drop_last=False,
+                           merge_singleton=getattr(head, "uses_batch_stats", False))
+    n = len(class_names)
+    counts, correct = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    with torch.no_grad():
+        for x, y in evaluation.iterate(batches, device):
+            with autocast(device):
+                predicted = head(x).float().argmax(1)
+            y = y.cpu()
+            counts += torch.bincount(y, minlength=n)
+            correct += torch.bincount(y[predicted.cpu() == y], minlength=n)
+    rows = [[i, name, int(counts[i]), int(correct[i]), 100.0 * int(correct[i]) / int(counts[i]) if counts[i] else ""]
+            for i, name in enumerate(class_names)]
+    return table(["class_index", "class", "n", "correct", "accuracy"], rows)
+
+
 def unfinished(result, recipe: Recipe) -> bool:
     if result.resumed_from_epoch:
         print(f"resumed after epoch {result.resumed_from_epoch} of {recipe.epochs} (training state on disk)")

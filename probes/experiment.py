@@ -172,7 +172,8 @@ class Run:
 
 
 def print_summary(records: list, paths: list, headline: Callable | None = None) -> None:
-    """What ran, the key numbers (with the published value where one applies) and the paths written."""
+    """What ran, the key numbers (with the published value where one applies, or why none does for one of the
+    paper's models), the files written and where to read them next."""
     if not records:
         print("no record (nothing finished)")
         return
@@ -194,8 +195,19 @@ def print_summary(records: list, paths: list, headline: Callable | None = None) 
         variant = record.protocol.get("include_self")
         variant = "" if variant is None else f" self={'in' if variant else 'out'}"
         print(f"  {record.probe:<16} {what:<14}{variant:<10} " + "  ".join(parts))
+        why_not = [n[len(NO_PUBLISHED):] for n in record.notes if n.startswith(NO_PUBLISHED)]
+        if why_not and not record.published:
+            print(f"    no published value: {why_not[0]}" + (f" (+{len(why_not) - 1} more in the record's notes)"
+                                                          if len(why_not) > 1 else ""))
     if paths:
-        print(f"records written to {Path(paths[0]).parent}")
-    synthetic = [r for r in records if r.protocol.get("data_source") == "synthetic"]
+        folder = Path(paths[0]).parent
+        artifacts = sorted({name for r in records for name in r.artifacts.values()})
+        print(f"records written to {folder}: {len(paths)} record file(s), config.json"
+              + (f", artifacts {', '.join(artifacts)}" if artifacts else ""))
+        print(f"tables and leaderboard: python -m analysis.tables --results {folder.parents[2]}")
+    synthetic = [r for r in records if r.protocol.get("data_source") == "synthetic" or r.protocol.get("synthetic")]
     if synthetic:
         print("generated data: these numbers are never compared with the paper")
+
+
+NO_PUBLISHED = "no published comparison: "   # the prefix probes.results.make_record gives these notes

@@ -13,6 +13,7 @@ import numpy as np
 
 PATCH, STRIDE, SPLIT_RATIO = 224, 112, 4   # the official figure script's settings (docs/protocols.md#figures)
 FRAME = {True: "green", False: "orange", None: "grey"}
+PAGE_WIDTH = 6.8   # inches: a figure across both columns of a paper page
 
 
 def _frame(axis, colour: str, width: float = 4) -> None:
@@ -34,12 +35,14 @@ def draw_grid(rows: list[tuple], path, title: str = "", thumb: int = 96, formats
     from probes.fileio import atomic_path
 
     k = max(len(hits) for _, hits, _ in rows)
-    fig = Figure(figsize=(1.1 * (k + 1) + 0.6, 1.2 * len(rows) + 0.8))
+    natural = (1.1 * (k + 1) + 0.6, 1.2 * len(rows) + 0.8)
+    scale = min(1.0, PAGE_WIDTH / natural[0])          # never wider than two page columns
+    fig = Figure(figsize=(natural[0] * scale, natural[1] * scale))
     axes = fig.subplots(len(rows), k + 1, squeeze=False)
     labelled = False
     for r, (query, hits, label) in enumerate(rows):
         axes[r, 0].imshow(query.resize((thumb, thumb)))
-        _frame(axes[r, 0], "red")
+        _frame(axes[r, 0], "red", 3)
         axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
         for c in range(k):
             axis = axes[r, c + 1]
@@ -49,8 +52,8 @@ def draw_grid(rows: list[tuple], path, title: str = "", thumb: int = 96, formats
             image, relevant, score = hits[c]
             labelled = labelled or relevant is not None
             axis.imshow(image.resize((thumb, thumb)))
-            _frame(axis, FRAME[relevant], 3)
-            axis.set_title(f"{score:.2f}", fontsize=6, pad=2)
+            _frame(axis, FRAME[relevant], 2)
+            axis.set_title(f"{score:.2f}", fontsize=5, pad=1)
     axes[0, 0].set_title("query", fontsize=7, pad=2)
     handles = [Patch(facecolor="none", edgecolor="red", label="query")]
     if labelled:

@@ -78,16 +78,18 @@ def run(cfg: LinearProbeConfig) -> list:
     head = build_head(cfg.protocol.head, train_x.shape[1], task.num_classes)
     fingerprint = {"probe": "linear_probe", "encoder": encoder.identity(), "data": data_sha256, "feature": feature,
                    "block": block, "protocol": protocol, "seed": cfg.seed}
-    result = train_probe(head, TensorSource(train_x, torch.as_tensor(task.train.labels)),
-                         TensorSource(eval_x, torch.as_tensor(task.eval.labels)), recipe,
+    evaluation = TensorSource(eval_x, torch.as_tensor(task.eval.labels))
+    result = train_probe(head, TensorSource(train_x, torch.as_tensor(task.train.labels)), evaluation, recipe,
                          num_classes=task.num_classes, seed=cfg.seed, device=device, fingerprint=fingerprint,
                          stop_after_epochs=cfg.training.stop_after_epochs, progress=not cfg.run.quiet)
     if classification.unfinished(result, recipe):
         return []
     this.add(make_record(probe="linear_probe", protocol=protocol, metrics=result.selection(), seed=cfg.seed,
                          wall_time_s=this.elapsed(), notes=[classification.epochs_note(result.history)],
-                         protocol_notes=notes, artifacts={"history": "history.csv"}, **common),
-             {"history.csv": classification.history_csv(result.history)})
+                         protocol_notes=notes, artifacts={"history": "history.csv", "per_class": "per_class.csv"},
+                         **common),
+             {"history.csv": classification.history_csv(result.history),
+              "per_class.csv": classification.per_class_csv(head, evaluation, recipe, device, task.class_names)})
     if cfg.knn.knn:
         metrics, knn_notes = knn_metrics(train_x, task.train.labels, eval_x, task.eval.labels, cfg.knn,
                                          task.num_classes)

@@ -182,8 +182,19 @@ def run(cfg: PartSegmentationConfig) -> list:
                          encoder_info=encoder_info, feature="blocks", block=None, protocol=record_protocol,
                          metrics=seg.record_metrics(summary), seed=protocol.seed, wall_time_s=this.elapsed(),
                          device=device, notes=notes, protocol_notes=prose, model=encoder_info["name"],
-                         data_sha256=data_sha256))
+                         data_sha256=data_sha256, artifacts={"per_class": "per_class.csv"}),
+             {"per_class.csv": per_class_csv(summary)})
     return this.finish(headline=lambda r: ["mIoU", "mAcc", "aAcc"])
+
+
+def per_class_csv(summary: dict) -> bytes:
+    """IoU and pixel accuracy per class (artifact ``per_class``; empty where undefined: the class is neither
+    labelled nor predicted in val, as the record's ``absent_classes`` says)."""
+    from probes.artifacts import per_class_csv as table
+
+    rows = [[i, name, "" if iou is None else iou, "" if summary["Acc"][name] is None else summary["Acc"][name]]
+            for i, (name, iou) in enumerate(summary["IoU"].items())]
+    return table(["class_index", "class", "IoU", "Acc"], rows)
 
 
 def main(argv=None) -> list:

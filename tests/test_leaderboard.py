@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from probes.results import RunRecord, make_record, seal
 from conftest import write_record
 
 SHA = "ab" * 32
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write(folder, model, probe="part_retrieval", dataset="cub", feature="patch_mean", block=None, protocol=None,
@@ -254,3 +258,105 @@ def test_different_protocols_of_different_models_never_share_a_column(tmp_path):
                           "cub_part_retrieval/mAP [patch_mean crop=paper]"]
     filled = {row["model"]: [h for h in header[4:] if row[h]] for row in rows}
     assert filled == {"a": header[6:8], "b": header[4:6], "c": header[4:6]}
+
+
+def test_filters_keep_only_the_matching_records_and_metrics(results, tmp_path):
+    folders, _ = results
+    out = tmp_path / "board.csv"
+    assert leaderboard.main(["--results", *map(str, folders), "--out", str(out), "--probe", "part_retrieval",
+                             "--feature", "cls", "--metric", "AP"]) == 0
+    header, rows = read_csv(out)
+    assert header[4:] == ["cub_part_retrieval/AP [cls include_self=false]", "cub_part_retrieval/AP [cls include_self=true]"]
+    assert {r["model"] for r in rows} == {"dino", "colorstats"}
+    assert leaderboard.main(["--results", *map(str, folders), "--out", str(out), "--dataset", "coco",
+                             "--metric", "AP*"]) == 0
+    header, _ = read_csv(out)
+    assert header[4:] == ["coco_object_retrieval/AP [cls]", "coco_object_retrieval/AP[traffic light] [cls]"]
+    assert leaderboard.main(["--results", *map(str, folders), "--out", str(out), "--dataset", "lip19"]) == 2
+
+
+def test_a_superseded_rerun_that_differs_beyond_the_tolerance_is_a_warning(tmp_path, capsys):
+    same = dict(model="dino", probe="object_retrieval", dataset="coco", feature="cls", protocol={"k": 20})
+    first = write(tmp_path, **same, metrics={"AP": 60.0, "P@10": 70.0})
+    kept = write(tmp_path, **same, metrics={"AP": 60.0, "P@10": 70.5})              # 0.5 points apart: a warning
+    quiet = dict(same, dataset="cifar10")
+    write(tmp_path, **quiet, metrics={"AP": 50.0})
+    write(tmp_path, **quiet, metrics={"AP": 50.005})                                # within 0.01 points: none
+    out = tmp_path / "board.csv"
+    assert leaderboard.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    warnings = [line for line in printed.splitlines() if line.startswith("warning: superseded rerun")]
+    assert warnings == [f"warning: superseded rerun {first} differs from the kept run {kept} by 0.5 points in "
+                        f"coco_object_retrieval/P@10 (tolerance 0.01 points; same config_hash "
+                        f"{json.loads(kept.read_text())['config_hash']}: find out which one is right)"]
+    assert "more than 0.01 percentage points is a warning" in printed            # the rule says so
+    _, superseded = read_csv(tmp_path / "board.superseded.csv")
+    by_path = {row["path"]: row for row in superseded}
+    assert by_path[str(first)]["beyond_tolerance"] == "true" and float(by_path[str(first)]["max_abs_metric_difference"]) == 0.5
+    assert by_path[str(first)]["metric_of_max_difference"] == "coco_object_retrieval/P@10"
+    assert [row["beyond_tolerance"] for p, row in by_path.items() if p != str(first)] == ["false"]
+    assert all(row["tolerance"] == "0.01" for row in superseded)
+
+
+def test_records_whose_digest_does_not_match_are_refused_and_each_is_named(results, tmp_path, capsys):
+    folders, _ = results
+    paths = [p for p in sorted(folders[0].rglob("*.json")) if not p.name.endswith("config.json")][:2]
+    for path in paths:                                   # a hand edit: the number changes, the digest does not
+        data = json.loads(path.read_text())
+        key = next(iter(data["metrics"]))
+        data["metrics"][key] += 10.0
+        path.write_text(json.dumps(data))
+    out = tmp_path / "board.csv"
+    done = subprocess.run([sys.executable, "-m", "analysis.leaderboard", "--results", *map(str, folders),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    error = done.stderr
+    assert error.startswith("error: 2 invalid record file(s), nothing exported (--skip-invalid exports the rest)")
+    for path in paths:
+        assert re.search(rf"{re.escape(str(path))}: field 'content_sha256': expected [0-9a-f]{{64}} \(the digest of "
+                         r"the record's metrics, protocol and identity; the record was changed after it was written\)",
+                         error)
+    assert not out.exists()
+    assert leaderboard.main(["--results", *map(str, folders), "--out", str(out), "--skip-invalid"]) == 0
+    printed = capsys.readouterr().out
+    for path in paths:
+        assert f"skipped invalid record: {path}: field 'content_sha256'" in printed
+    edited_runs = {json.loads(p.read_text())["run_id"] for p in paths}
+    summary = leaderboard.export(folders, tmp_path / "long.csv", long=True, skip_invalid=True)
+    _, long_rows = read_csv(summary.out)
+    assert not edited_runs & {row["run_id"] for row in long_rows}
+
+
+def seg_record(folder, model, probe, dataset, miou, absent, reported_iter=None, sha=None):
+    protocol = {"seg_layers": [3, 5, 7, 11], "seg_upsample": "none", "crop_size": 512, "absent_classes": absent}
+    if reported_iter is not None:
+        protocol["reported_iter"] = reported_iter
+    return write(folder, model, probe=probe, dataset=dataset, feature="blocks", protocol=protocol,
+                 metrics={"mIoU": miou, "mAcc": miou + 10, "aAcc": 70.0, "IoU[wheel]": miou - 1}, sha=sha)
+
+
+def test_segmentation_columns_one_per_probe_dataset_and_metric(tmp_path):
+    """What a run found (absent classes, the reported iteration) never splits a column; the probe and the dataset
+    do; a paper model's linear ADE20K-Part-209 record carries Table 4's value."""
+    for i, model in enumerate(("dino", "mine")):
+        for dataset in ("ade20k_object59", "ade20k_part209", "pascal_object16", "pascal_part193"):
+            for probe in ("linear_segmentation", "finetune_segmentation", "dense_segmentation"):
+                seg_record(tmp_path, model, probe, dataset, 30.0 + i, absent=["tail"] if i else [],
+                           reported_iter=None if probe == "dense_segmentation" else 1000 * (i + 1),
+                           sha="" if model == "mine" else None)
+    out = tmp_path / "board.csv"
+    assert leaderboard.main(["--results", str(tmp_path), "--out", str(out), "--metric", "mIoU"]) == 0
+    header, rows = read_csv(out)
+    expected = [f"{d}_{p}/mIoU [blocks]" for d in ("ade20k_object59", "ade20k_part209", "pascal_object16",
+                                                    "pascal_part193")
+                for p in ("dense_segmentation", "finetune_segmentation", "linear_segmentation")]
+    published = "ade20k_part209_linear_segmentation/mIoU [blocks]"
+    assert [h for h in header[4:] if not h.endswith(("published", "delta"))] == expected
+    by_model = {row["model"]: row for row in rows}
+    assert all(by_model["mine"][c] == "31.0" and by_model["dino"][c] == "30.0" for c in expected)
+    assert by_model["dino"][f"{published} published"] == "28.9" and by_model["mine"][f"{published} published"] == ""
+    assert leaderboard.main(["--results", str(tmp_path), "--out", str(out), "--probe", "dense_segmentation",
+                             "--metric", "IoU[*"]) == 0
+    header, _ = read_csv(out)
+    assert header[4:] == [f"{d}_dense_segmentation/IoU[wheel] [blocks]" for d in
+                          ("ade20k_object59", "ade20k_part209", "pascal_object16", "pascal_part193")]

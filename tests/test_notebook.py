@@ -68,3 +68,7 @@ def test_demo_records_to_csv_and_executed_notebook(tmp_path):
     assert len(grids) == 1 and matplotlib.image.imread(grids[0]).std() > 0.01
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == len(FIGURES) + 1
+    # the paper's tables, as Markdown: the demo's models are rows of Table 3, its generated data a footnote
+    shown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert [t.split("\n", 1)[0][:12] for t in shown] == ["**Table 3.**", "**Table 4.**"]
+    assert "| colorstats |" in shown[0] and "generated data" in shown[0]
