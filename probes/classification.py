@@ -15,7 +15,7 @@ from typing import Literal
 from probes import experiment
 from probes.experiment import Experiment
 from probes.options import ConfigError, ImageDataOptions, Preset, option, section
-from probes.train import PRESETS as RECIPES, Recipe, precision_name, resolve_recipe
+from probes.train import Recipe, precision_name, resolve_recipe
 from probes.views.classification import DATASETS, PART_DATASETS, Task, build_task
 from probes.views.parts import PartCropOptions
 
