@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from probes.artifacts import read_table
+from probes.errors import UserError
 from probes.results import RecordError, RunRecord
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A record cannot be drawn as a grid (no artifacts, images moved); the message says what is missing."""
 
 
@@ -85,4 +86,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from probes.errors import run_main
+    sys.exit(run_main(main, prog="python -m analysis.retrieval_grid"))

@@ -46,6 +46,11 @@ class AttentiveProtocol:
         "batch", help="partaware/cae BatchNorm at evaluation: batch statistics (the reference code) or running.")
     num_heads: int | None = option(None, help="Attention heads of the probe (default: the encoder's; CAPI: D/64).")
 
+    def check(self) -> None:
+        experiment.check_block(self.block)
+        if self.num_heads is not None and self.num_heads < 1:
+            raise ConfigError(f"--num-heads {self.num_heads}: expected an integer >= 1")
+
 
 @dataclass
 class TokenSourceOptions:

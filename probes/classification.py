@@ -94,7 +94,7 @@ def setup(cfg: ClassificationExperiment):
     encoder = experiment.load_encoder(cfg)
     task = build_task(cfg.data.dataset, cfg.data.data_root, encoder, cfg.data.normalize, cfg.crops,
                       image_transform=cfg.data.image_transform)
-    return encoder, task
+    return encoder, experiment.checked_task(cfg, task)
 
 
 def recipe_protocol(cfg, recipe: Recipe, head: str, device) -> dict:

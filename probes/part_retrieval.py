@@ -38,6 +38,7 @@ from probes.features import extract, extract_dense
 from probes.metrics import retrieval_metrics, topk_neighbours
 from probes.options import ConfigError, InputDataOptions, Preset, option, recorded_values, section
 from probes.results import data_digest, make_record
+from probes.views.checks import left_out_notes, left_out_protocol
 from probes.views.parts import PartCropOptions, crop_transform, part_crops
 from probes.views.transforms import normalization
 
@@ -55,13 +56,17 @@ class PartRetrievalData(InputDataOptions):
 
 @dataclass
 class PartRetrievalProtocol:
-    features: list[str] | None = option(None, flag="--feature", repeat=True, recorded=False,
-                                        help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection; "
-                                             "default patch_mean and cls (+ projection when the checkpoint has one).")
+    features: list[Literal["patch_mean", "cls", "projection", "dense_patch"]] | None = option(
+        None, flag="--feature", repeat=True, recorded=False,
+        help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection (--crop dense: dense_patch); "
+             "default patch_mean and cls (+ projection when the checkpoint has one).")
     block: int | None = option(None, recorded=False, help="Pool the features from block K's output (0-based, "
                                                           "before the final norm) instead of the final output.")
     self_match: Literal["included", "excluded", "both"] | None = option(
         None, help="Whether each query's own patch is in its ranking (the official code: included).")
+
+    def check(self) -> None:
+        experiment.check_block(self.block)
 
 
 @dataclass
@@ -103,6 +108,13 @@ class PartRetrievalConfig(Experiment):
         if self.crops.crop == "dense" and any(f != "dense_patch" for f in features):
             raise ConfigError(f"--crop dense has one feature, dense_patch (the patch-token map at the keypoint), "
                               f"not {[f for f in features if f != 'dense_patch']}")
+        if self.crops.crop != "dense" and "dense_patch" in features:
+            raise ConfigError("--feature dense_patch is the dense protocol's feature; give it with --crop dense")
+        splits = ("all", "train", "test") if self.data.dataset == "cub" else ("all", "train", "test", "train2017",
+                                                                               "val2017")
+        if self.data.split is not None and self.data.split not in splits:
+            raise ConfigError(f"--split {self.data.split}: {self.data.dataset} part databases are "
+                              f"{', '.join(splits)} (default: all, the retrieval database)")
         if not 1 <= self.audit.grid_k <= artifacts.TOPK:
             raise ConfigError(f"--grid-k {self.audit.grid_k}: expected 1..{artifacts.TOPK}")
 
@@ -124,6 +136,7 @@ def run(cfg: PartRetrievalConfig) -> list:
     encoder = experiment.load_encoder(cfg)
     mean, std = normalization(data.normalize, encoder)
     view = part_crops(data.dataset, data.data_root, crops, crop_transform(encoder, mean, std), data.split)
+    view = experiment.checked(cfg, parts=view)["parts"]
     db = view.db
     print(f"{data.dataset}: {len(db)} part patches ({', '.join(f'{k}: {v}' for k, v in db.counts().items())})")
     if cfg.audit.boxes:
@@ -138,13 +151,13 @@ def run(cfg: PartRetrievalConfig) -> list:
 
     base = {"preset": cfg.preset, **recorded_values(cfg, ("data",)), **view.describe(),
             **encoder.forward_protocol(), "input_size": encoder.crop_size, "normalize_mean": list(mean),
-            "normalize_std": list(std), "similarity": "cosine"}
+            "normalize_std": list(std), "similarity": "cosine", **left_out_protocol(view)}
     if data.data_source == "synthetic":
         base["synthetic"] = True
     notes = {**view.notes(), "ap": "sklearn average_precision_score over the full ranking (ties grouped); "
                                    "AP = query mean, mAP = class mean",
              "feature_source": "final norm" if protocol.block is None else
-             f"block {protocol.block} output, before the final norm"}
+             f"block {protocol.block} output, before the final norm", **left_out_notes(view)}
     data_sha256 = data_digest(view.identity())
     this.artifacts["items.csv"] = artifacts.items_csv(db)
     neighbours = {}

@@ -181,7 +181,7 @@ def run(cfg: PartSegmentationConfig) -> list:
     this.add(make_record(probe=seg.PROBE_NAMES[protocol.protocol], dataset=dataset, split="val",
                          encoder_info=encoder_info, feature="blocks", block=None, protocol=record_protocol,
                          metrics=seg.record_metrics(summary), seed=protocol.seed, wall_time_s=this.elapsed(),
-                         device=device, notes=notes, protocol_notes=prose, model=encoder_info["name"],
+                         device=device, notes=notes, protocol_notes=prose, model=experiment.model_label(cfg, encoder_info),
                          data_sha256=data_sha256))
     return this.finish(headline=lambda r: ["mIoU", "mAcc", "aAcc"])
 

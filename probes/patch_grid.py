@@ -21,6 +21,7 @@ from probes.experiment import Experiment
 from probes.features import extract
 from probes.metrics import topk_neighbours
 from probes.options import ConfigError, Preset, option, section
+from probes.views.checks import checked
 from probes.views.patches import ImagePatchView
 from probes.views.transforms import SquareResize, normalization
 
@@ -72,6 +73,7 @@ def run(cfg: PatchGridConfig) -> list:
     encoder = experiment.load_encoder(cfg)
     mean, std = normalization(cfg.grid.normalize, encoder)
     view = ImagePatchView(paths, SquareResize(encoder.crop_size, mean, std))
+    checked({"images": view}, skip_bad_items=False, what=f"--images {cfg.grid.images}")
     vectors = extract(encoder, view, [cfg.grid.feature], None, cfg.run, description="image patches")[cfg.grid.feature]
     rows = []
     for path, row, col in cfg.grid.queries():
@@ -83,7 +85,7 @@ def run(cfg: PatchGridConfig) -> list:
         rows.append((view.crop(q), hits, f"{Path(path).name} ({row},{col})"))
     from probes.grid import draw_grid
 
-    out = draw_grid(rows, cfg.grid.out, title=f"{encoder.info()['name']} / {cfg.grid.feature}",
+    out = draw_grid(rows, cfg.grid.out, title=f"{experiment.model_label(cfg, encoder)} / {cfg.grid.feature}",
                     formats=("png", "pdf", "svg"))
     print(f"patch grid written to {out}")
     return []
