@@ -87,7 +87,8 @@ def check_block(block: int | None, encoder=None) -> None:
     depth = getattr(encoder, "num_blocks", None)
     if depth is not None and block >= depth:
         kind = "stages" if getattr(encoder, "kind", "") == "resnet" else "blocks"
-        raise ConfigError(f"--block {block}: the model has {depth} {kind}, so K is 0..{depth - 1}")
+        raise ConfigError(f"--block {block}: the model has {depth} {kind[:-1] if depth == 1 else kind}, so K is "
+                          f"0..{depth - 1}")
 
 
 def checked(cfg, **views) -> dict:

@@ -654,6 +654,8 @@ class KnnOptions:
     knn_temperature: float = option(0.07, help="Temperature T of the vote weights exp(sim / T).")
 
     def check(self) -> None:
+        if any(k < 1 for k in self.knn_ks):
+            raise ConfigError(f"--knn-ks {' '.join(map(str, self.knn_ks))}: expected integers >= 1")
         if self.knn and self.knn_k not in self.knn_ks:
             raise ConfigError(f"--knn-k {self.knn_k}: the reported k must be one of --knn-ks {list(self.knn_ks)}")
         if self.knn_temperature <= 0:

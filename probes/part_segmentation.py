@@ -116,7 +116,10 @@ class PartSegmentationConfig(Experiment):
     state: TrainingStateOptions = section(TrainingStateOptions)
 
     def validate(self) -> None:
-        self.data.dataset = seg.seg_dataset(self.data.dataset).name
+        try:
+            self.data.dataset = seg.seg_dataset(self.data.dataset).name
+        except ValueError as err:
+            raise ConfigError(f"--dataset: {err}") from None
         self.data.resolve_root(self.data.dataset, "the dataset's folder as its probes.data reader takes it")
         if (self.seg.protocol, self.preset) not in seg.PRESETS:
             if self.preset != "partaware":
@@ -134,7 +137,10 @@ def run(cfg: PartSegmentationConfig) -> list:
     this = experiment.Run(cfg, "part_segmentation")
     dataset, data_root = cfg.data.dataset, cfg.data.data_root
     device = str(default_device(cfg.run.device))
-    spec = seg.describe_encoder(cfg.model.model, cfg.model.format, cfg.model.arch_spec(), cfg.model.branch)
+    try:
+        spec = seg.describe_encoder(cfg.model.model, cfg.model.format, cfg.model.arch_spec(), cfg.model.branch)
+    except ValueError as err:       # what this encoder cannot do here (timm: models, a file without --format)
+        raise ConfigError(str(err)) from None
     try:
         protocol = seg.resolve_protocol(cfg.seg.protocol, dataset, spec, cfg.preset, seed=cfg.seed,
                                         **cfg.seg.overrides())

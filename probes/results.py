@@ -316,6 +316,10 @@ def read_record_json(path: str | os.PathLike) -> Any:
         raise RecordError(f"{path}: not valid JSON ({err})") from None
     except UnicodeDecodeError as err:
         raise RecordError(f"{path}: not UTF-8 text ({err})") from None
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no such record file") from None
+    except IsADirectoryError:
+        raise RecordError(f"{path}: a folder, not a record file (<run_id>.json)") from None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -67,4 +67,7 @@ def synth(name: str, out_dir: str | os.PathLike, seed: int = 0, **sizes) -> Path
             raise ConfigError(f"--size {key}={value}: the {name} generator has no size {key!r}; its sizes: {listed}")
         if value < 0:
             raise ConfigError(f"--size {key}={value}: expected a number >= 0")
-    return Path(make(out_dir, seed=seed, **sizes))
+    try:
+        return Path(make(out_dir, seed=seed, **sizes))
+    except ValueError as err:           # the generators' own checks of their sizes
+        raise ConfigError(f"--size {' '.join(f'{k}={v}' for k, v in sizes.items())}: {err}") from None

@@ -134,7 +134,8 @@ def _label_items(view) -> list[BadItem]:
 def _patch_images(view) -> list[BadItem]:
     sizes = image_sizes(view.paths)
     per_image = len(view) // max(1, len(view.paths))
-    return [BadItem(i * per_image, path, sizes[path][1]) for i, path in enumerate(view.paths) if sizes[path][1]]
+    return [BadItem(i * per_image + patch, path, sizes[path][1]) for i, path in enumerate(view.paths)
+            if sizes[path][1] for patch in range(per_image)]
 
 
 def check_view(view) -> list[BadItem]:
@@ -193,10 +194,11 @@ def describe_problems(bad: list[BadItem], limit: int = LISTED) -> list[str]:
     return lines
 
 
-def checked(views: dict, skip_bad_items: bool, what: str, hint: str = "") -> dict:
+def checked(views: dict, skip_bad_items: bool | None, what: str, hint: str = "") -> dict:
     """``{name: view}`` after the data check: unchanged when every item passes; otherwise a BadItemsError
-    listing every problem of every view, or (``skip_bad_items``) the views without their bad items. A view
-    given under two names (queries that are the gallery) is checked once."""
+    listing every problem of every view, or (``skip_bad_items``) the views without their bad items
+    (``None``: the command has no such option). A view given under two names (queries that are the gallery)
+    is checked once."""
     found, out = {}, {}
     for name, view in views.items():
         if id(view) not in found:
@@ -210,9 +212,10 @@ def checked(views: dict, skip_bad_items: bool, what: str, hint: str = "") -> dic
     problems = [item for key in unique for item in found[key]]
     if not skip_bad_items:
         lines = "\n  ".join(describe_problems(problems))
+        way = "" if skip_bad_items is None else (", or pass --skip-bad-items to leave these items out (the records "
+                                                 "then say how many and which)")
         raise BadItemsError(f"{what}: {total} of {items} items fail the data check (nothing was computed):\n  {lines}\n"
-                            f"Fix the data{hint}, or pass --skip-bad-items to leave these items out (the records "
-                            f"then say how many and which)")
+                            f"Fix the data{hint}{way}")
     made = {}
     for name, view in views.items():
         if id(view) not in made:
