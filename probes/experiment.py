@@ -91,16 +91,17 @@ def check_block(block: int | None, encoder=None) -> None:
                           f"0..{depth - 1}")
 
 
-def checked(cfg, **views) -> dict:
+def checked(cfg, skippable: bool = True, **views) -> dict:
     """The views after the data check (probes/views/checks.py): every problem reported at once before the
-    work, or with ``--skip-bad-items`` the bad items left out (and recorded)."""
+    work, or with ``--skip-bad-items`` the bad items left out (and recorded; ``skippable=False``: the
+    experiment cannot leave items out)."""
     from probes.data import DATASETS
     from probes.views.checks import checked as check
 
     dataset, root = cfg.data.dataset, cfg.data.data_root
     hint = f" (python -m probes.data check {dataset} --root {root} checks the whole dataset)" \
         if dataset in DATASETS else ""
-    return check(views, cfg.data.skip_bad_items, what=f"{dataset} at {root}", hint=hint)
+    return check(views, cfg.data.skip_bad_items if skippable else None, what=f"{dataset} at {root}", hint=hint)
 
 
 def checked_task(cfg, task):

@@ -130,6 +130,10 @@ class PartSegmentationConfig(Experiment):
             raise ConfigError("--input-size: segmentation builds the encoder at its crop size; use --crop-size")
         if self.model.mae_token_shuffle:
             raise ConfigError("--mae-token-shuffle on: the official segmentation code has no token shuffle")
+        if self.data.skip_bad_items:
+            raise ConfigError("--skip-bad-items: segmentation reads its files through its framework's own lists, so "
+                              "items cannot be left out; fix the files the data check names (python -m probes.data "
+                              "check)")
 
 
 def run(cfg: PartSegmentationConfig) -> list:
@@ -147,12 +151,14 @@ def run(cfg: PartSegmentationConfig) -> list:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    data_sha256 = data_digest(*(seg.load_split(dataset, data_root, split).identity() for split in ("train", "val")))
+    splits = experiment.checked(cfg, skippable=False,
+                                **{split: seg.load_split(dataset, data_root, split) for split in ("train", "val")})
+    data_sha256 = data_digest(*(split.identity() for split in splits.values()))
     extra, notes = {}, []
     if protocol.protocol == "dense":
         backbone = seg.build_backbone(spec.model, spec.format, seg.backbone_arch(spec, protocol.dense_input_size),
                                       spec.branch, protocol.seg_layers, device=device)
-        train, val = seg.load_split(dataset, data_root, "train"), seg.load_split(dataset, data_root, "val")
+        train, val = splits["train"], splits["val"]
         result = seg.dense_knn(backbone, train, val, protocol, device=device, progress=not cfg.run.quiet)
         summary, encoder_info, rank = result["summary"], backbone.encoder.info(), 0
         extra.update(dense_memory_patches=result["memory_patches"], dense_patches_per_image=result["patches_per_image"],

@@ -13,7 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from probes.data.generated import MARKER
 from probes.data.synth import synth
@@ -99,6 +101,14 @@ def data(tmp_path_factory) -> dict[str, Path]:
     out["coco_outside_image"] = coco / "train2017" / next(i["file_name"] for i in persons["images"]
                                                           if i["id"] == person["image_id"])
 
+    lip = synth("lip-19", base / "lip19", seed=0, train_images=2, val_images=1)
+    out["lip19"] = lip
+    label = sorted((damaged("lip19_label", "lip19") / "ann" / "train").glob("*.png"))[0]
+    values = np.asarray(Image.open(label)).copy()
+    values[0, 0] = 77
+    Image.fromarray(values).save(label)
+    out["bad_label_map"] = label
+
     folder = base / "images"
     folder.mkdir()
     good = cub_paths(out["cub"])
@@ -154,6 +164,10 @@ CASES = [
     ("grid-k", PG, [*COLOR, "--images", "{images}", "--query", "a.jpg:3,3", "--k", "0", "--out", "{missing}/g.png"],
      ["--k 0"]),
     ("seg-dataset", SEG, ["--model", "colorstats", "--dataset", "nonsense", *CUB], ["--dataset", "nonsense"]),
+    ("seg-layers", SEG, ["--model", "colorstats", "--dataset", "lip-19", "--data-root", "{lip19}", "--protocol", "dense",
+                         "--layers", "3"], ["layers 3", "0..0"]),
+    ("seg-skip", SEG, ["--model", "colorstats", "--dataset", "lip-19", "--data-root", "{lip19}", "--protocol", "dense",
+                       "--skip-bad-items"], ["--skip-bad-items"]),
     # checkpoints
     ("truncated-checkpoint", PR, ["--model", "{truncated_checkpoint}", *CUB], ["{truncated_checkpoint}"]),
     ("text-checkpoint", PR, ["--model", "{text_checkpoint}", *CUB], ["{text_checkpoint}", "text file"]),
@@ -170,6 +184,8 @@ CASES = [
      ["{coco_missing_image}", "not found"]),
     ("coco-keypoint-outside", PR, [*COLOR, "--dataset", "coco", "--data-root", "{coco_keypoint}"],
      ["{coco_outside_image}", "outside", "annotation id"]),
+    ("label-map-value", SEG, ["--model", "colorstats", "--dataset", "lip-19", "--data-root", "{lip19_label}",
+                              "--protocol", "dense"], ["{bad_label_map}", "value 77", "0..19"]),
     ("folder-image", PG, [*COLOR, "--images", "{images}", "--query", "a.jpg:3,3", "--out", "{missing}/g.png"],
      ["{text_in_folder}", "not an image"]),
     # the other commands

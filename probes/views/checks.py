@@ -138,15 +138,44 @@ def _patch_images(view) -> list[BadItem]:
             if sizes[path][1] for patch in range(per_image)]
 
 
+def _segmentation_items(split) -> list[BadItem]:
+    """Each image decodes, and its label map decodes, holds only class values (its reader's rule) and has the
+    image's size."""
+    from probes.data.errors import DatasetFormatError
+
+    sizes = image_sizes(image for image, _ in split.items)
+
+    def label_problem(index: int) -> str | None:
+        image, label = split.items[index]
+        if sizes[str(image)][1]:
+            return sizes[str(image)][1]
+        try:
+            shape = split.labels(index).shape
+        except DatasetFormatError as err:
+            return f"label map {label}: {err.problem}" + (f" (expected {err.expected})" if err.expected else "")
+        except (OSError, ValueError, SyntaxError) as err:
+            return f"label map {label} does not decode ({err})"
+        if shape[::-1] != sizes[str(image)][0]:
+            return f"label map {label} is {shape[1]}x{shape[0]}, the image {sizes[str(image)][0][0]}x{sizes[str(image)][0][1]}"
+        return None
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        problems = list(pool.map(label_problem, range(len(split))))
+    return [BadItem(index, str(split.items[index][0]), problem) for index, problem in enumerate(problems) if problem]
+
+
 def check_view(view) -> list[BadItem]:
     """Every problem of every item of ``view``."""
+    from probes.segmentation import SegSplit
     from probes.views.classification import FolderView
     from probes.views.objects import ArrayImageView, ObjectCropView
     from probes.views.parts import PartCropView
     from probes.views.patches import ImagePatchView
 
     for kind, check in ((PartCropView, _part_items), (ObjectCropView, _object_items), (FolderView, _file_items),
-                        (ArrayImageView, _label_items), (ImagePatchView, _patch_images)):
+                        (ArrayImageView, _label_items), (ImagePatchView, _patch_images),
+                        (SegSplit, _segmentation_items)):
         if isinstance(view, kind):
             return check(view)
     raise TypeError(f"no data check for a {type(view).__name__}")
