@@ -677,4 +677,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from probes.errors import run_main
+    sys.exit(run_main(main, prog="python -m analysis.figures"))

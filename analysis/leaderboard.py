@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from probes.errors import UserError
 from probes.fileio import write_bytes_atomic
 from probes.published import PAPER_MODELS, paper_alias
 from probes.results import RecordError, RunRecord, config_path_for, iter_record_paths, read_record_json
@@ -78,7 +79,7 @@ RULE = ("reruns of one configuration (same config_hash): the latest `created` wi
 UNSET = "(unset)"
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(UserError, ValueError):
     """Input the leaderboard cannot merge without losing or inventing a number."""
 
 
@@ -597,4 +598,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from probes.errors import run_main
+    sys.exit(run_main(main, prog="python -m analysis.leaderboard"))

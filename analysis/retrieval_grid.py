@@ -17,13 +17,14 @@ import numpy as np
 
 from analysis.names import dataset_name, paper_name
 from probes.artifacts import read_table
+from probes.errors import UserError
 from probes.results import RecordError, RunRecord
 
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors", ".pdparams")
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A record cannot be drawn as a grid (no artifacts, images moved); the message says what is missing."""
 
 
@@ -94,4 +95,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from probes.errors import run_main
+    sys.exit(run_main(main, prog="python -m analysis.retrieval_grid"))

@@ -46,8 +46,9 @@ def main(argv=None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     sys.argv = [f"partprobe {name}", *rest]
-    result = module.main(rest)
-    return result if isinstance(result, int) else 0
+    from probes.errors import run_main
+
+    return run_main(module.main, rest, prog=f"partprobe {name}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ class AttentiveProtocol:
         "batch", help="partaware/cae BatchNorm at evaluation: batch statistics (the reference code) or running.")
     num_heads: int | None = option(None, help="Attention heads of the probe (default: the encoder's; CAPI: D/64).")
 
+    def check(self) -> None:
+        experiment.check_block(self.block)
+        if self.num_heads is not None and self.num_heads < 1:
+            raise ConfigError(f"--num-heads {self.num_heads}: expected an integer >= 1")
+
 
 @dataclass
 class TokenSourceOptions:
@@ -98,6 +103,12 @@ def run(cfg: AttentiveProbeConfig) -> list:
 
     sample = encode_batch(encoder, task.eval.dataset[0][0][None], ["tokens"], block)["tokens"]
     num_tokens, dim = sample.shape[1], sample.shape[2]
+    heads, heads_source = resolve_num_heads(head_name, encoder, dim, cfg.protocol.num_heads)
+    torch.manual_seed(cfg.seed)                      # the head's initialisation
+    try:                                             # before the work: the head must fit the tokens
+        head = build_head(head_name, dim, task.num_classes, num_heads=heads, bn_eval=cfg.protocol.bn_eval)
+    except ValueError as err:       # e.g. CAPI's D/64 heads on features whose width 64 does not divide
+        raise ConfigError(f"--head {head_name} on {dim}-d tokens: {err}") from None
     cache_bytes = (len(task.train) + len(task.eval)) * num_tokens * dim * BYTES_PER_VALUE
     streaming = cfg.tokens.stream or cache_bytes > cfg.tokens.token_cache_gb * 2**30
     drop = int(getattr(getattr(encoder, "model", None), "num_prefix_tokens", 1)) if tokens == "patch" else 0
@@ -110,12 +121,6 @@ def run(cfg: AttentiveProbeConfig) -> list:
                                           torch.as_tensor(view.labels))
                              for which, view in (("train", task.train), ("eval", task.eval)))
 
-    heads, heads_source = resolve_num_heads(head_name, encoder, dim, cfg.protocol.num_heads)
-    torch.manual_seed(cfg.seed)                      # the head's initialisation
-    try:
-        head = build_head(head_name, dim, task.num_classes, num_heads=heads, bn_eval=cfg.protocol.bn_eval)
-    except ValueError as err:       # e.g. CAPI's D/64 heads on features whose width 64 does not divide
-        raise ConfigError(f"--head {head_name} on {dim}-d tokens: {err}") from None
     protocol = {**experiment.task_protocol(cfg, encoder, task),
                 **classification.recipe_protocol(cfg, recipe, head_name, device), "attentive_variant": head_name,
                 "attentive_bn_eval": cfg.protocol.bn_eval if head_name in ("partaware", "cae") else "n/a",

@@ -47,6 +47,18 @@ class TrainingOptions:
                                            help="End this call after N more epochs (training state is kept; rerun "
                                                 "the same command to resume).")
 
+    def check(self) -> None:
+        for flag, value, low, what in (("--epochs", self.epochs, 1, "an integer >= 1"),
+                                       ("--train-batch-size", self.train_batch_size, 1, "an integer >= 1"),
+                                       ("--eval-batch-size", self.eval_batch_size, 1, "an integer >= 1"),
+                                       ("--stop-after-epochs", self.stop_after_epochs, 1, "an integer >= 1"),
+                                       ("--warmup-epochs", self.warmup_epochs, 0, "a number >= 0")):
+            if value is not None and value < low:
+                raise ConfigError(f"{flag} {value}: expected {what}")
+        for flag, value in (("--lr", self.lr), ("--base-lr", self.base_lr)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{flag} {value}: expected a learning rate > 0")
+
     def resolve(self, head_family: str) -> Recipe:
         if self.lr is not None and self.base_lr is not None:
             raise ConfigError("give --lr (absolute) or --base-lr (scaled by batch/256), not both")
@@ -94,7 +106,7 @@ def setup(cfg: ClassificationExperiment):
     encoder = experiment.load_encoder(cfg)
     task = build_task(cfg.data.dataset, cfg.data.data_root, encoder, cfg.data.normalize, cfg.crops,
                       image_transform=cfg.data.image_transform)
-    return encoder, task
+    return encoder, experiment.checked_task(cfg, task)
 
 
 def recipe_protocol(cfg, recipe: Recipe, head: str, device) -> dict:

@@ -6,14 +6,12 @@ An experiment is one config dataclass (``Experiment`` plus its own data and prot
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from probes.errors import debug_requested, error_policy  # the policy every command follows (probes/errors.py)
 from probes.options import (ConfigError, ModelOptions, OutputOptions, RunOptions, build_parser,
                             config_from_args, option, recorded_values, resolve, section, to_dict)
 
@@ -31,36 +29,6 @@ class Experiment:
     model: ModelOptions = section(ModelOptions)
     run: RunOptions = section(RunOptions)
     output: OutputOptions = section(OutputOptions)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Errors: one policy for every command
-# ---------------------------------------------------------------------------------------------------
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The suite's own errors: bad input the user can fix. They print one message, not a traceback."""
-    from probes.data.errors import DatasetFormatError
-    from probes.results import RecordError
-    from probes.zoo.errors import ZooError
-
-    return (ConfigError, DatasetFormatError, RecordError, ZooError)
-
-
-def debug_requested(argv) -> bool:
-    return "--debug" in (argv or sys.argv[1:]) or os.environ.get("PARTPROBE_DEBUG", "") not in ("", "0")
-
-
-@contextlib.contextmanager
-def error_policy(debug: bool = False, prog: str = "partprobe"):
-    """Suite errors end the program with ``error: <message>`` and exit status 2 (``--debug`` or
-    PARTPROBE_DEBUG=1: the traceback); any other exception keeps its traceback."""
-    try:
-        yield
-    except user_errors() as err:
-        if debug:
-            raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -95,10 +63,53 @@ def parse(config_cls, argv) -> list:
 # ---------------------------------------------------------------------------------------------------
 
 def load_encoder(cfg: Experiment):
-    """The encoder of ``cfg.model`` on ``cfg.run.device``, forward options set, MAE shuffle seeded by ``cfg.seed``."""
+    """The encoder of ``cfg.model`` on ``cfg.run.device``, forward options set, MAE shuffle seeded by ``cfg.seed``.
+    The options that depend on the model (the protocol's ``--block`` and ``--feature``) are checked against it
+    here, before any data is read."""
     from probes.encoders import load
 
-    return load(cfg.model, device=cfg.run.device, seed=cfg.seed)
+    encoder = load(cfg.model, device=cfg.run.device, seed=cfg.seed)
+    protocol = getattr(cfg, "protocol", None)
+    check_block(getattr(protocol, "block", None), encoder)
+    features = getattr(protocol, "features", None) or [getattr(protocol, "feature", None)]
+    if "projection" in features and not getattr(encoder, "has_projection", False):
+        raise ConfigError(f"--feature projection: {model_label(cfg, encoder)} has no projection head (the checkpoint "
+                          f"carries none); use cls or patch_mean")
+    return encoder
+
+
+def check_block(block: int | None, encoder=None) -> None:
+    """``--block K``: 0-based, and (given the encoder) below its depth."""
+    if block is None:
+        return
+    if block < 0:
+        raise ConfigError(f"--block {block}: expected a 0-based block index >= 0")
+    depth = getattr(encoder, "num_blocks", None)
+    if depth is not None and block >= depth:
+        kind = "stages" if getattr(encoder, "kind", "") == "resnet" else "blocks"
+        raise ConfigError(f"--block {block}: the model has {depth} {kind[:-1] if depth == 1 else kind}, so K is "
+                          f"0..{depth - 1}")
+
+
+def checked(cfg, skippable: bool = True, **views) -> dict:
+    """The views after the data check (probes/views/checks.py): every problem reported at once before the
+    work, or with ``--skip-bad-items`` the bad items left out (and recorded; ``skippable=False``: the
+    experiment cannot leave items out)."""
+    from probes.data import DATASETS
+    from probes.views.checks import checked as check
+
+    dataset, root = cfg.data.dataset, cfg.data.data_root
+    hint = f" (python -m probes.data check {dataset} --root {root} checks the whole dataset)" \
+        if dataset in DATASETS else ""
+    return check(views, cfg.data.skip_bad_items if skippable else None, what=f"{dataset} at {root}", hint=hint)
+
+
+def checked_task(cfg, task):
+    """A classification task (probes.views.classification.Task) after the data check of both its views."""
+    from probes.views.classification import Task
+
+    views = checked(cfg, train=task.train, eval=task.eval)
+    return Task(task.dataset, views["train"], views["eval"], task.class_names)
 
 
 def results_folder(cfg: Experiment) -> Path:
@@ -130,16 +141,38 @@ def task_protocol(cfg, encoder, task) -> dict:
     """The data side of a record over a task's two views (the recorded data options, the views' settings
     and counts, the encoder's forward options and input size): one definition for every script, so the kNN
     records of object retrieval and of the linear probe on the same data are the same configuration."""
+    from probes.views.checks import left_out_protocol
+
     out = {**recorded_values(cfg, ("data",)), **task.describe(), **encoder.forward_protocol(),
-           "input_size": encoder.crop_size}
+           "input_size": encoder.crop_size, **left_out_protocol(task.train, task.eval)}
     if cfg.data.data_source == "synthetic":
         out["synthetic"] = True
     return out
 
 
 def model_label(cfg: Experiment, encoder) -> str:
-    """The name records and figures use for the model."""
-    return encoder.info()["name"]
+    """The name records, the leaderboard and figures use for the model (``encoder``: an encoder or its
+    ``info()``): ``--name``, else the registry alias (or name) of the entry, ``timm:<name>`` as typed, or for a
+    file its stem and the first 8 hex digits of its SHA-256 (``checkpoint-1a2b3c4d``), so that two files of
+    one name stay apart."""
+    if cfg.model.name:
+        return cfg.model.name
+    info = encoder if isinstance(encoder, Mapping) else encoder.info()
+    typed = str(cfg.model.model)
+    if typed.startswith("timm:"):
+        return typed
+    path = Path(typed).expanduser()
+    if path.is_file():
+        from probes.zoo.loader import CHECKPOINT_SUFFIXES
+
+        stem = path.name
+        while stem.endswith(CHECKPOINT_SUFFIXES):
+            stem = stem[: stem.rfind(".")]
+        return f"{stem or path.name}-{info['checkpoint_sha256'][:8]}"
+    from probes.zoo.registry import get_entry
+
+    entry = get_entry(typed)
+    return entry.aliases[0] if entry.aliases else entry.name
 
 
 @dataclass
@@ -208,6 +241,10 @@ def print_summary(records: list, paths: list, headline: Callable | None = None) 
     synthetic = [r for r in records if r.protocol.get("data_source") == "synthetic" or r.protocol.get("synthetic")]
     if synthetic:
         print("generated data: these numbers are never compared with the paper")
+    skipped = max((r.protocol.get("bad_items_skipped", 0) for r in records), default=0)
+    if skipped:
+        print(f"{skipped} bad items were left out (--skip-bad-items): the records list them in "
+              f"protocol_notes.bad_items_skipped, and none is compared with the paper")
 
 
 NO_PUBLISHED = "no published comparison: "   # the prefix probes.results.make_record gives these notes

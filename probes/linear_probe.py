@@ -41,6 +41,9 @@ class LinearProtocol:
     block: int | None = option(None, help="Read the feature from block K's output (0-based) instead of the final "
                                           "one.", recorded=False)
 
+    def check(self) -> None:
+        experiment.check_block(self.block)
+
 
 @dataclass
 class LinearProbeConfig(classification.ClassificationExperiment):
@@ -49,10 +52,6 @@ class LinearProbeConfig(classification.ClassificationExperiment):
 
     protocol: LinearProtocol = section(LinearProtocol)
     knn: KnnOptions = section(KnnOptions)
-
-    def validate(self) -> None:
-        super().validate()
-        self.knn.check()
 
 
 def run(cfg: LinearProbeConfig) -> list:

@@ -29,8 +29,9 @@ from probes import artifacts, experiment
 from probes.experiment import Experiment
 from probes.features import extract
 from probes.metrics import knn_metrics, knn_protocol, retrieval_metrics, retrieval_record_metrics, topk_neighbours
-from probes.options import ImageDataOptions, KnnOptions, Preset, RetrievalOptions, option, section
+from probes.options import ConfigError, ImageDataOptions, KnnOptions, Preset, RetrievalOptions, option, section
 from probes.results import data_digest, make_record
+from probes.views.checks import left_out_notes
 from probes.views.classification import Task, build_task
 from probes.views.objects import coco_objects
 from probes.views.transforms import normalization
@@ -70,22 +71,33 @@ class ObjectRetrievalConfig(Experiment):
     def validate(self) -> None:
         layout = "cifar-10-batches-py/ (CIFAR-10)" if self.data.dataset == "cifar10" else \
             "annotations/ and the split folders (COCO)"
-        self.data.resolve_root(self.data.dataset, layout)
-        self.knn.check()
+        root = self.data.resolve_root(self.data.dataset, layout)
+        if self.data.dataset == "coco" and not (root / "annotations" / f"instances_{self.data.split}.json").is_file():
+            found = sorted(p.name[len("instances_"):-len(".json")] for p in (root / "annotations").glob("instances_*.json"))
+            raise ConfigError(f"--split {self.data.split}: no {root / 'annotations'}/instances_{self.data.split}.json; "
+                              f"the splits there: {', '.join(found) or 'none'}")
+        if "dense_patch" in (self.protocol.features or []):
+            raise ConfigError("--feature dense_patch is part retrieval's dense protocol (--crop dense); object "
+                              "retrieval offers patch_mean, cls and projection")
+        if self.data.min_box_size < 0:
+            raise ConfigError(f"--min-box-size {self.data.min_box_size}: expected a number of pixels >= 0")
+        if self.data.max_per_class is not None and self.data.max_per_class < 1:
+            raise ConfigError(f"--max-per-class {self.data.max_per_class}: expected an integer >= 1")
 
 
 def views(cfg: ObjectRetrievalConfig, encoder) -> Task:
     """Gallery (``train``) and queries (``eval``); for COCO both are the one split's crops."""
     data = cfg.data
     if data.dataset == "cifar10":
-        return build_task("cifar10", data.data_root, encoder, data.normalize, image_transform=data.image_transform,
-                          max_per_class=data.max_per_class)
+        return experiment.checked_task(cfg, build_task("cifar10", data.data_root, encoder, data.normalize,
+                                                       image_transform=data.image_transform,
+                                                       max_per_class=data.max_per_class))
     from probes.views.parts import crop_transform
 
     mean, std = normalization(data.normalize, encoder)
     crops = coco_objects(data.data_root, data.split, data.object_crop, data.min_box_size,
                          crop_transform(encoder, mean, std), data.max_per_class)
-    return Task("coco", crops, crops, crops.class_names)
+    return experiment.checked_task(cfg, Task("coco", crops, crops, crops.class_names))
 
 
 def run(cfg: ObjectRetrievalConfig) -> list:
@@ -97,7 +109,6 @@ def run(cfg: ObjectRetrievalConfig) -> list:
     gallery, query = task.train, task.eval
     same = gallery is query
     if len(query) == 0 or len(gallery) == 0:
-        from probes.options import ConfigError
         raise ConfigError(f"{cfg.data.dataset} at {cfg.data.data_root}: no items (check --split, --min-box-size)")
     print(f"{cfg.data.dataset}: {len(query)} queries, {len(gallery)} gallery items, {task.num_classes} classes")
     features = list(cfg.protocol.features or ["patch_mean", "cls"])
@@ -111,7 +122,8 @@ def run(cfg: ObjectRetrievalConfig) -> list:
     notes = [NOT_PUBLISHED] + (["generated data: not comparable with any published number"]
                                if cfg.data.data_source == "synthetic" else [])
     protocol_notes = {"transform": query.transform.describe(),
-                      "feature_source": "final norm" if block is None else f"block {block} output, before the final norm"}
+                      "feature_source": "final norm" if block is None else f"block {block} output, before the final norm",
+                      **left_out_notes(gallery, query)}
     common = dict(dataset=cfg.data.dataset, split=query.split, encoder_info=encoder.info(), block=block,
                   device=str(encoder.device), data_sha256=data_digest(gallery.identity(), query.identity()),
                   model=experiment.model_label(cfg, encoder))

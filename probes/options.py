@@ -31,10 +31,12 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from probes.errors import UserError
+
 MISSING = dataclasses.MISSING
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An option value or a configuration file is invalid; the message names the option and the file."""
 
 
@@ -471,6 +473,9 @@ def config_from_args(cls, args: argparse.Namespace) -> list:
     for path in several:
         if path in flat:
             runs = [{**r, path: value} for r in runs for value in flat[path]]
+    if len(flat.get("model.model") or ()) > 1 and "model.name" in flat:
+        raise ConfigError(f"--name {flat['model.name']}: one label for {len(flat['model.model'])} models "
+                          f"({', '.join(flat['model.model'])}); run each model on its own command line to name it")
     return [_one_config(cls, argparse.Namespace(**r)) for r in runs]
 
 
@@ -493,8 +498,13 @@ def _apply_explicit(cfg, explicit: dict, cls):
 
 
 def resolve(cfg):
-    """The preset applied to every unset field, then the config's own checks (``validate``)."""
+    """The preset applied to every unset field, then each section's checks (``check``) and the config's own
+    (``validate``)."""
     cfg = apply_preset(cfg)
+    for f in fields(cfg):
+        part = getattr(cfg, f.name)
+        if _is_section(f) and callable(getattr(part, "check", None)):
+            part.check()
     check = getattr(cfg, "validate", None)
     if check is not None:
         check()
@@ -523,6 +533,10 @@ class ModelOptions:
 
     model: str = option("dino", help="Encoder: registry name or alias (python -m probes.zoo list), timm:<name>, "
                                      "or a checkpoint file.", recorded=False, several=True)
+    name: str | None = option(None, help="The label of the model in records, the leaderboard and figures (default: "
+                                         "the registry alias, timm:<name> as typed, or for a file its stem and the "
+                                         "first 8 hex digits of its SHA-256, e.g. checkpoint-1a2b3c4d).",
+                              recorded=False, metavar="LABEL")
     format: str | None = option(None, help="Container format of a checkpoint file (e.g. dino_full); detected "
                                            "when omitted.", recorded=False)
     arch: str | None = option(None, help="timm architecture of a checkpoint file (e.g. vit_base_patch16_224), or "
@@ -543,6 +557,14 @@ class ModelOptions:
                    "official part-aware code did (docs/protocols.md#mae-token-shuffle); on or off "
                    "(default: the preset's).")
 
+    def check(self) -> None:
+        check_model_name(self.model)
+        if self.name is not None and not (self.name.strip() and self.name.isprintable() and len(self.name) <= 100):
+            raise ConfigError(f"--name {self.name!r}: expected a non-empty printable label of at most 100 characters")
+        if self.input_size is not None and self.input_size < 1:
+            raise ConfigError(f"--input-size {self.input_size}: expected a positive number of pixels (a multiple of "
+                              f"the model's patch size, e.g. 224)")
+
     def arch_spec(self):
         """``arch`` and ``arch_kwargs`` as load_encoder takes them."""
         arch: Any = self.arch
@@ -558,6 +580,21 @@ class ModelOptions:
         return {"model": arch, "kwargs": dict(self.arch_kwargs)} if arch else {"kwargs": dict(self.arch_kwargs)}
 
 
+def check_model_name(model: str) -> None:
+    """Fail at parse time on a model that cannot be found (before the first of several ``--model`` runs): a
+    checkpoint path that is not a file, or a name that is not in the registry. Nothing is loaded."""
+    import os
+
+    from probes.zoo.loader import CHECKPOINT_SUFFIXES
+    from probes.zoo.registry import get_entry
+
+    if model.startswith("timm:") or Path(model).expanduser().is_file():
+        return
+    if os.sep in model or model.endswith(CHECKPOINT_SUFFIXES):
+        raise ConfigError(f"--model {model}: no such checkpoint file")
+    get_entry(model)       # a RegistryError listing the names and aliases
+
+
 @dataclass
 class RunOptions:
     """How the work is done; nothing here changes a number."""
@@ -568,6 +605,32 @@ class RunOptions:
     device: str | None = option(None, help="cpu, cuda or cuda:N (default: cuda when available).")
     cache: bool = option(True, help="Read and write the on-disk feature cache ($PARTPROBE_HOME/features).")
     quiet: bool = option(False, help="No progress bars.")
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: expected an integer >= 1")
+        if self.num_workers < 0:
+            raise ConfigError(f"--num-workers {self.num_workers}: expected an integer >= 0 (0: decode in the main "
+                              f"process)")
+        if self.device is not None:
+            check_device(self.device)
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` that this machine has; else a ConfigError saying what it has."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}, "
+                          f"torch.cuda.is_available() is False); use --device cpu")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
 
 
 @dataclass
@@ -591,6 +654,8 @@ class KnnOptions:
     knn_temperature: float = option(0.07, help="Temperature T of the vote weights exp(sim / T).")
 
     def check(self) -> None:
+        if any(k < 1 for k in self.knn_ks):
+            raise ConfigError(f"--knn-ks {' '.join(map(str, self.knn_ks))}: expected integers >= 1")
         if self.knn and self.knn_k not in self.knn_ks:
             raise ConfigError(f"--knn-k {self.knn_k}: the reported k must be one of --knn-ks {list(self.knn_ks)}")
         if self.knn_temperature <= 0:
@@ -601,14 +666,19 @@ class KnnOptions:
 class RetrievalOptions:
     """What a retrieval run ranks, and whether a query ranks itself (docs/protocols.md#queries-gallery-and-positives)."""
 
-    features: list[str] | None = option(None, flag="--feature", repeat=True, recorded=False,
-                                        help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection; "
-                                             "default patch_mean and cls (+ projection when the checkpoint has one).")
+    features: list[Literal["patch_mean", "cls", "projection", "dense_patch"]] | None = option(
+        None, flag="--feature", repeat=True, recorded=False,
+        help="Feature(s) to evaluate (repeatable): patch_mean, cls, projection (part retrieval with --crop dense: "
+             "dense_patch); default patch_mean and cls (+ projection when the checkpoint has one).")
     block: int | None = option(None, recorded=False, help="Pool the features from block K's output (0-based, "
                                                           "before the final norm) instead of the final output.")
     self_match: Literal["included", "excluded", "both"] | None = option(
         None, help="When queries are the gallery: whether each query's own item is in its ranking (the official "
                    "part-retrieval code: included). Default: the preset's.")
+
+    def check(self) -> None:
+        if self.block is not None and self.block < 0:
+            raise ConfigError(f"--block {self.block}: expected a 0-based block index >= 0")
 
     def modes(self, same: bool = True) -> list[str]:
         """The self-match modes to score: one or both when queries are the gallery, ``disjoint`` otherwise."""
@@ -622,18 +692,32 @@ class DataOptions:
     """Which data, and how its images are normalised for the encoder."""
 
     data_root: Path | None = option(None, help="Dataset folder (default: data/<dataset>).", recorded=False)
-    data_source: Literal["official", "synthetic"] = option(
-        "official", help="Mark records of generated data (never compared with the paper).")
+    data_source: Literal["official", "synthetic"] | None = option(
+        None, help="official or synthetic (generated data, never compared with the paper). Default: synthetic "
+                   "when the data holds the generated-data marker (python -m probes.data synth writes it), else "
+                   "official; official on marked data is an error.")
+    skip_bad_items: bool = option(False, recorded=False, help=(
+        "Leave out the items that fail the data check before the run (missing or undecodable images, keypoints "
+        "outside the image, labels out of range) instead of stopping; the records say how many and which."))
 
     def resolve_root(self, dataset: str, layout: str) -> Path:
         """``data_root`` (default ``data/<dataset>``) made absolute, so that the saved configuration works from
-        any directory; an error naming the expected layout and the download command when it is absent."""
+        any directory; an error naming the expected layout and the download command when it is absent.
+        Generated data (probes.data.generated) sets ``data_source`` to synthetic."""
+        from probes.data.generated import find_marker
+
         root = Path(self.data_root) if self.data_root is not None else Path("data") / dataset
         root = root.expanduser().resolve()
         if not root.exists():
             raise ConfigError(f"--data-root {root}: does not exist; pass the folder holding {layout}. To fetch it: "
                               f"python -m probes.data download {dataset} --root {root} && "
                               f"python -m probes.data prepare {dataset} --root {root}")
+        marker = find_marker(root)
+        if marker is not None and self.data_source == "official":
+            raise ConfigError(f"--data-source official: {root} is generated data (marker {marker}); results on it "
+                              f"are recorded as synthetic and never compared with the paper. Leave --data-source out, "
+                              f"or pass the real dataset's folder as --data-root")
+        self.data_source = "synthetic" if marker is not None else (self.data_source or "official")
         self.data_root = root
         return root
 

@@ -38,6 +38,7 @@ from probes.features import extract, extract_dense
 from probes.metrics import retrieval_metrics, retrieval_record_metrics, topk_neighbours
 from probes.options import ConfigError, InputDataOptions, Preset, RetrievalOptions, option, recorded_values, section
 from probes.results import data_digest, make_record
+from probes.views.checks import left_out_notes, left_out_protocol
 from probes.views.parts import PartCropOptions, crop_transform, part_crops
 from probes.views.transforms import normalization
 
@@ -91,6 +92,13 @@ class PartRetrievalConfig(Experiment):
         if self.crops.crop == "dense" and any(f != "dense_patch" for f in features):
             raise ConfigError(f"--crop dense has one feature, dense_patch (the patch-token map at the keypoint), "
                               f"not {[f for f in features if f != 'dense_patch']}")
+        if self.crops.crop != "dense" and "dense_patch" in features:
+            raise ConfigError("--feature dense_patch is the dense protocol's feature; give it with --crop dense")
+        splits = ("all", "train", "test") if self.data.dataset == "cub" else ("all", "train", "test", "train2017",
+                                                                               "val2017")
+        if self.data.split is not None and self.data.split not in splits:
+            raise ConfigError(f"--split {self.data.split}: {self.data.dataset} part databases are "
+                              f"{', '.join(splits)} (default: all, the retrieval database)")
         if not 1 <= self.audit.grid_k <= artifacts.TOPK:
             raise ConfigError(f"--grid-k {self.audit.grid_k}: expected 1..{artifacts.TOPK}")
 
@@ -112,6 +120,7 @@ def run(cfg: PartRetrievalConfig) -> list:
     encoder = experiment.load_encoder(cfg)
     mean, std = normalization(data.normalize, encoder)
     view = part_crops(data.dataset, data.data_root, crops, crop_transform(encoder, mean, std), data.split)
+    view = experiment.checked(cfg, parts=view)["parts"]
     db = view.db
     print(f"{data.dataset}: {len(db)} part patches ({', '.join(f'{k}: {v}' for k, v in db.counts().items())})")
     if cfg.audit.boxes:
@@ -126,13 +135,13 @@ def run(cfg: PartRetrievalConfig) -> list:
 
     base = {"preset": cfg.preset, **recorded_values(cfg, ("data",)), **view.describe(),
             **encoder.forward_protocol(), "input_size": encoder.crop_size, "normalize_mean": list(mean),
-            "normalize_std": list(std), "similarity": "cosine"}
+            "normalize_std": list(std), "similarity": "cosine", **left_out_protocol(view)}
     if data.data_source == "synthetic":
         base["synthetic"] = True
     notes = {**view.notes(), "ap": "sklearn average_precision_score over the full ranking (ties grouped); "
                                    "AP = query mean, mAP = class mean",
              "feature_source": "final norm" if protocol.block is None else
-             f"block {protocol.block} output, before the final norm"}
+             f"block {protocol.block} output, before the final norm", **left_out_notes(view)}
     data_sha256 = data_digest(view.identity())
     this.artifacts["items.csv"] = artifacts.items_csv(db)
     neighbours = {}

@@ -116,7 +116,10 @@ class PartSegmentationConfig(Experiment):
     state: TrainingStateOptions = section(TrainingStateOptions)
 
     def validate(self) -> None:
-        self.data.dataset = seg.seg_dataset(self.data.dataset).name
+        try:
+            self.data.dataset = seg.seg_dataset(self.data.dataset).name
+        except ValueError as err:
+            raise ConfigError(f"--dataset: {err}") from None
         self.data.resolve_root(self.data.dataset, "the dataset's folder as its probes.data reader takes it")
         if (self.seg.protocol, self.preset) not in seg.PRESETS:
             if self.preset != "partaware":
@@ -127,6 +130,10 @@ class PartSegmentationConfig(Experiment):
             raise ConfigError("--input-size: segmentation builds the encoder at its crop size; use --crop-size")
         if self.model.mae_token_shuffle:
             raise ConfigError("--mae-token-shuffle on: the official segmentation code has no token shuffle")
+        if self.data.skip_bad_items:
+            raise ConfigError("--skip-bad-items: segmentation reads its files through its framework's own lists, so "
+                              "items cannot be left out; fix the files the data check names (python -m probes.data "
+                              "check)")
 
 
 def run(cfg: PartSegmentationConfig) -> list:
@@ -134,19 +141,24 @@ def run(cfg: PartSegmentationConfig) -> list:
     this = experiment.Run(cfg, "part_segmentation")
     dataset, data_root = cfg.data.dataset, cfg.data.data_root
     device = str(default_device(cfg.run.device))
-    spec = seg.describe_encoder(cfg.model.model, cfg.model.format, cfg.model.arch_spec(), cfg.model.branch)
+    try:
+        spec = seg.describe_encoder(cfg.model.model, cfg.model.format, cfg.model.arch_spec(), cfg.model.branch)
+    except ValueError as err:       # what this encoder cannot do here (timm: models, a file without --format)
+        raise ConfigError(str(err)) from None
     try:
         protocol = seg.resolve_protocol(cfg.seg.protocol, dataset, spec, cfg.preset, seed=cfg.seed,
                                         **cfg.seg.overrides())
     except ValueError as err:
         raise ConfigError(str(err)) from None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    data_sha256 = data_digest(*(seg.load_split(dataset, data_root, split).identity() for split in ("train", "val")))
+    splits = experiment.checked(cfg, skippable=False,
+                                **{split: seg.load_split(dataset, data_root, split) for split in ("train", "val")})
+    data_sha256 = data_digest(*(split.identity() for split in splits.values()))
     extra, notes = {}, []
     if protocol.protocol == "dense":
         backbone = seg.build_backbone(spec.model, spec.format, seg.backbone_arch(spec, protocol.dense_input_size),
                                       spec.branch, protocol.seg_layers, device=device)
-        train, val = seg.load_split(dataset, data_root, "train"), seg.load_split(dataset, data_root, "val")
+        train, val = splits["train"], splits["val"]
         result = seg.dense_knn(backbone, train, val, protocol, device=device, progress=not cfg.run.quiet)
         summary, encoder_info, rank = result["summary"], backbone.encoder.info(), 0
         extra.update(dense_memory_patches=result["memory_patches"], dense_patches_per_image=result["patches_per_image"],
@@ -181,7 +193,7 @@ def run(cfg: PartSegmentationConfig) -> list:
     this.add(make_record(probe=seg.PROBE_NAMES[protocol.protocol], dataset=dataset, split="val",
                          encoder_info=encoder_info, feature="blocks", block=None, protocol=record_protocol,
                          metrics=seg.record_metrics(summary), seed=protocol.seed, wall_time_s=this.elapsed(),
-                         device=device, notes=notes, protocol_notes=prose, model=encoder_info["name"],
+                         device=device, notes=notes, protocol_notes=prose, model=experiment.model_label(cfg, encoder_info),
                          data_sha256=data_sha256, artifacts={"per_class": "per_class.csv"}),
              {"per_class.csv": per_class_csv(summary)})
     return this.finish(headline=lambda r: ["mIoU", "mAcc", "aAcc"])

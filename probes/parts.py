@@ -150,6 +150,9 @@ class PartDatabase:
     class_names: list[str]
     options: dict
     source_files: list[Path] = field(default_factory=list)
+    # Every selected keypoint read (before the distance filter, which it takes part in): (image path, part name,
+    # x, y, where it is annotated). The data check (probes/views/checks.py) finds those outside their image.
+    keypoints: list[tuple] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -289,11 +292,13 @@ def _build_cub(root, ids, split, crop, dist_filter, options) -> PartDatabase:
         if part_id in targets and image.parts[part_id - 1, 2] == 1:
             per_image.setdefault(image_id, []).append(part_id)
 
-    items = []
+    items, keypoints = [], []
     for image_id, part_ids in per_image.items():
         image = ds.image_by_id[image_id]
         coords = image.parts[[p - 1 for p in part_ids], :2]
         distances = nearest_distances(coords)
+        keypoints += [(str(image.path), ds.part_names[p - 1], float(x), float(y), f"parts/part_locs.txt, image id "
+                       f"{image_id}") for p, (x, y) in zip(part_ids, coords)]
         for part_id, (x, y), d in zip(part_ids, coords, distances):
             if not keep_distance(d, dist_filter):
                 continue
@@ -302,7 +307,7 @@ def _build_cub(root, ids, split, crop, dist_filter, options) -> PartDatabase:
                                   image_id, "train" if image.is_train else "test", (x, y), d, part_id))
     sources = [ds.root / "images.txt", ds.root / "parts" / "part_locs.txt", ds.root / "train_test_split.txt"]
     return PartDatabase("cub", ds.root, split if split in ("train", "test") else "all", items, class_names,
-                        options, sources)
+                        options, sources, keypoints)
 
 
 def _coco_split(split) -> str:
@@ -331,10 +336,12 @@ def _build_coco(root, ids, split, crop, dist_filter, scope, options) -> PartData
         per_image.setdefault(ann.image_id, []).extend(
             (k, float(ann.keypoints[k - 1, 0]), float(ann.keypoints[k - 1, 1]), ann.id) for k in chosen)
 
-    items = []
+    items, keypoints = [], []
     for image_id, entries in per_image.items():
         image = kp.images[image_id]
         distances = _coco_distances(entries, scope)
+        keypoints += [(str(image.path), kp.keypoint_names[part_id - 1], x, y,
+                       f"{kp.annotation_file.name}, annotation id {ann_id}") for part_id, x, y, ann_id in entries]
         for (part_id, x, y, ann_id), d in zip(entries, distances):
             if not keep_distance(d, dist_filter):
                 continue
@@ -345,7 +352,7 @@ def _build_coco(root, ids, split, crop, dist_filter, scope, options) -> PartData
     # paper's protocol; for COCO it is the train2017 keypoint file, named in options["image_split"].
     options["image_split"] = coco_split
     label = "all" if split in (None, "all") else coco_split
-    return PartDatabase("coco", Path(root), label, items, class_names, options, [kp.annotation_file])
+    return PartDatabase("coco", Path(root), label, items, class_names, options, [kp.annotation_file], keypoints)
 
 
 def _coco_distances(entries: list[tuple], scope: str) -> np.ndarray:

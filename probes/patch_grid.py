@@ -19,8 +19,10 @@ from typing import Literal
 from probes import experiment
 from probes.experiment import Experiment
 from probes.features import extract
+from probes.grid import PER_SIDE
 from probes.metrics import topk_neighbours
 from probes.options import ConfigError, Preset, option, section
+from probes.views.checks import checked
 from probes.views.patches import ImagePatchView
 from probes.views.transforms import SquareResize, normalization
 
@@ -45,6 +47,8 @@ class PatchGridOptions:
                 row, col = (int(v) for v in cell.split(","))
             except ValueError:
                 raise ConfigError(f"--query {text!r}: expected FILE:ROW,COL, e.g. img.jpg:3,3") from None
+            if not (0 <= row < PER_SIDE and 0 <= col < PER_SIDE):
+                raise ConfigError(f"--query {text!r}: ROW and COL are 0..{PER_SIDE - 1} (the {PER_SIDE} x {PER_SIDE} grid)")
             out.append((str(Path(self.images) / name), row, col))
         return out
 
@@ -61,7 +65,11 @@ class PatchGridConfig(Experiment):
             raise ConfigError(f"--images {self.grid.images}: expected a folder of .jpg/.jpeg/.png images")
         if not self.grid.query:
             raise ConfigError("--query: give at least one query patch as FILE:ROW,COL")
-        self.grid.queries()
+        if self.grid.k < 1:
+            raise ConfigError(f"--k {self.grid.k}: expected at least 1 retrieved patch per query")
+        for path, _, _ in self.grid.queries():
+            if not Path(path).is_file():
+                raise ConfigError(f"--query {path}: no such image in {self.grid.images}")
 
 
 def run(cfg: PatchGridConfig) -> list:
@@ -72,6 +80,7 @@ def run(cfg: PatchGridConfig) -> list:
     encoder = experiment.load_encoder(cfg)
     mean, std = normalization(cfg.grid.normalize, encoder)
     view = ImagePatchView(paths, SquareResize(encoder.crop_size, mean, std))
+    checked({"images": view}, skip_bad_items=None, what=f"--images {cfg.grid.images}")
     vectors = extract(encoder, view, [cfg.grid.feature], None, cfg.run, description="image patches")[cfg.grid.feature]
     rows = []
     for path, row, col in cfg.grid.queries():
@@ -83,7 +92,7 @@ def run(cfg: PatchGridConfig) -> list:
         rows.append((view.crop(q), hits, f"{Path(path).name} ({row},{col})"))
     from probes.grid import draw_grid
 
-    out = draw_grid(rows, cfg.grid.out, title=f"{encoder.info()['name']} / {cfg.grid.feature}",
+    out = draw_grid(rows, cfg.grid.out, title=f"{experiment.model_label(cfg, encoder)} / {cfg.grid.feature}",
                     formats=("png", "pdf", "svg"))
     print(f"patch grid written to {out}")
     return []

@@ -400,6 +400,9 @@ def lookup(*, task: str, model: str, feature: str, protocol: Mapping[str, Any],
                 caveats.append(caveat)
         if protocol.get("synthetic") is True:
             failures.append("synthetic=True: generated data never compares with the paper")
+        if protocol.get("bad_items_skipped"):
+            failures.append(f"bad_items_skipped={protocol['bad_items_skipped']}: items left out of the dataset "
+                            f"make another measurement")
         if failures:
             match.reasons.append(f"{label}: " + "; ".join(failures))
             continue
@@ -456,3 +459,68 @@ def reference_values(task: str, metric: str, feature: str | None) -> dict[str, P
             if entry.features is None or feature in entry.features:
                 out[entry.model] = entry
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line: python -m probes.published [--table 3] [--model dino]
+# ---------------------------------------------------------------------------------------------------
+
+def _condition_text(req: Requirement) -> str:
+    accepted = " or ".join(repr(v) for v in req.accepted)
+    if req.required:
+        rule = "must be recorded" + (f" (preset {', '.join(req.presets)} implies it)" if req.presets else "")
+    else:
+        rule = "checked when recorded"
+    return f"{req.option} = {accepted}: {rule}; {req.why}"
+
+
+def describe_table(table: str | None = None, model: str | None = None) -> str:
+    """The published values (one line each) and, under a letter per set, the conditions a run must meet for
+    one of them to be set beside its result."""
+    entries = [e for e in PUBLISHED if (table is None or e.table == f"Table {table}")
+               and (model is None or e.model == model)]
+    groups: dict[str, list[PublishedValue]] = {}      # one set of conditions -> the values it applies to
+    letters: dict[str, str] = {}
+    rows = [("table", "model", "column", "task", "metric", "feature", "value", "conditions")]
+    for entry in entries:
+        key = repr((entry.requirements, entry.split))
+        groups.setdefault(key, []).append(entry)
+        letter = letters.setdefault(key, chr(ord("A") + len(letters)))
+        rows.append((entry.table, PAPER_MODELS[entry.model], entry.column, entry.task, "/".join(entry.metrics),
+                     "/".join(entry.features) if entry.features else "any", f"{entry.value:g}", letter))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"{SOURCE}", ""]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    for key, members in groups.items():
+        first = members[0]
+        lines += ["", f"conditions {letters[key]} (a result is compared with these values only when all hold):"]
+        lines += [f"  - the final block (no --block)" + (f", split {first.split!r}" if first.split else "")]
+        lines += [f"  - {_condition_text(req)}" for req in first.requirements]
+        lines += ["  - not on generated data (synthetic), no item left out by --skip-bad-items"]
+        models = {m.model for m in members}
+        for text in dict.fromkeys(a for m in members for a in m.assumptions):
+            some = sorted({m.model for m in members if text in m.assumptions}, key=list(PAPER_MODELS).index)
+            which = "" if set(some) == models else f" ({', '.join(PAPER_MODELS[m] for m in some)})"
+            lines.append(f"  assumption{which}: {text}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m probes.published",
+                                     description="List the published values of Zhu et al. and the conditions under "
+                                                 "which a result is compared with them.")
+    parser.add_argument("--table", choices=("1", "2", "3", "4"), help="only this table of the paper")
+    parser.add_argument("--model", choices=sorted(PAPER_MODELS), help="only this model (suite alias)")
+    args = parser.parse_args(argv)
+    print(describe_table(args.table, args.model))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from probes.errors import run_main
+
+    sys.exit(run_main(main, prog="python -m probes.published"))

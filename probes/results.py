@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from probes import __version__
+from probes.errors import UserError
 from probes.fileio import write_bytes_atomic, write_json_atomic
 
 SCHEMA_VERSION = "2.0"
@@ -57,7 +58,7 @@ SHA256_PATTERN = re.compile(r"^([0-9a-f]{64})?$")  # empty for encoders without 
 CONFIG_NAME = "config.json"                       # the run's configuration, beside its records (schema 2.0)
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A result record (or its file) breaks the schema; the message names the source and the field."""
 
 
@@ -315,6 +316,10 @@ def read_record_json(path: str | os.PathLike) -> Any:
         raise RecordError(f"{path}: not valid JSON ({err})") from None
     except UnicodeDecodeError as err:
         raise RecordError(f"{path}: not UTF-8 text ({err})") from None
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no such record file") from None
+    except IsADirectoryError:
+        raise RecordError(f"{path}: a folder, not a record file (<run_id>.json)") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -359,7 +364,8 @@ def make_record(*, probe: str, dataset: str, split: str, encoder_info: Mapping[s
 
     A published value is attached only when the run is the paper's measurement (``probes.published``);
     when a paper model ran a different protocol, a note says why it has no published value. ``model`` is
-    the label the record is filed and shown under (default: the encoder's name).
+    the label the record is filed and shown under (default: the encoder's name); it plays no part in
+    whether a published value applies.
     """
     from probes.published import lookup  # local: the tables are only needed here
 
@@ -375,7 +381,9 @@ def make_record(*, probe: str, dataset: str, split: str, encoder_info: Mapping[s
         if not math.isfinite(value):
             raise ValueError(f"metric {name!r} of {task} is {value!r}; a record stores finite numbers only")
         prefixed[f"{task}/{name}"] = value
-    match = lookup(task=task, model=model, feature=feature, protocol=protocol, block=block, split=split)
+    # Whether this is one of the paper's models is a question of what ran (the encoder), never of its label.
+    match = lookup(task=task, model=encoder_info["name"], feature=feature, protocol=protocol, block=block,
+                   split=split)
     published = {f"{task}/{m}": float(v) for m, v in match.values.items() if f"{task}/{m}" in prefixed}
     sources = {f"{task}/{m}": s for m, s in match.sources.items() if f"{task}/{m}" in published}
     notes = list(notes or []) + [f"no published comparison: {reason}" for reason in match.reasons]

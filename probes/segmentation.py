@@ -545,6 +545,10 @@ def _check(p: SegProtocol, spec: EncoderSpec) -> None:
     for name, allowed in choices.items():
         if getattr(p, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(p, name)!r}")
+    bad = [b for b in p.seg_layers if not 0 <= b < spec.depth]
+    if bad or len(set(p.seg_layers)) != len(p.seg_layers):
+        raise ValueError(f"layers {','.join(map(str, p.seg_layers))}: expected distinct "
+                         f"{'blocks' if spec.kind == 'vit' else 'stages'} of {spec.model}, 0..{spec.depth - 1}")
     if p.protocol != "dense" and p.iters < 1:
         raise ValueError(f"iters must be positive, got {p.iters}")
     if p.warmup_iters >= max(p.iters, 1) and p.protocol != "dense":

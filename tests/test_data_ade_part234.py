@@ -25,10 +25,13 @@ from probes.data.ade20k_part234 import (
 )
 from probes.data.ade20k_synth import synth_ade20k_full, synth_ade20k_part234
 from probes.data.errors import DatasetFormatError
+from probes.data.generated import MARKER, find_marker
 
 
 def tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".partprobe_convert" not in p.parts)
+    """The dataset's files (the generated-data marker names its generator, so it differs; its presence is tested)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name != MARKER and ".partprobe_convert" not in p.parts)
 
 
 def assert_same_tree(expected: Path, got: Path) -> None:
@@ -113,6 +116,7 @@ def converted(tmp_path_factory):
 def test_generated_release_converts_to_exactly_the_planted_labels(converted):
     _, expected, got = converted
     assert_same_tree(expected, got)
+    assert find_marker(got) == got / MARKER                    # converted from generated data: still marked
     # Not vacuous: the planted set holds parts of several objects, an excluded image and a validation image.
     assert tree(got)[:3] == ["ade20k_instance_train.json", "ade20k_instance_val.json",
                              "annotations_detectron2_obj/training/ADE_train_00000101.png"]

@@ -380,5 +380,5 @@ def test_timm_weights_not_cached_and_hub_unreachable_fail_fast_without_timm(hf_c
     assert main(["info", "timm:vit_small_patch16_224.dino"]) == 0
     out = capsys.readouterr().out
     assert "hf://timm/vit_small_patch16_224.dino" in out and "dino_deitsmall16_pretrain.pth" in out
-    assert main(["download", "timm:vit_small_patch16_224.dino"]) == 1
+    assert main(["download", "timm:vit_small_patch16_224.dino"]) == 2
     assert "python -m probes.zoo download timm:vit_small_patch16_224.dino" in capsys.readouterr().err

@@ -100,8 +100,8 @@ def test_table3_of_golden_runs_has_one_row_per_model_and_every_cell_is_its_recor
         assert record["metrics"][source["metric"]] == float(source["value"])
         assert float(by_sha[source["checkpoint_sha256"]][source["column"]]) == float(source["value"])
         assert "generated data" in source["differences"] and "input_size=64" in source["differences"]
-    # golden files are all called checkpoint.pth: each row says which file it is
-    assert sorted(row["model"] for row in rows) == sorted(f"checkpoint.pth {sha[:6]}" for sha in models)
+    # golden files are all called checkpoint.pth: each record's model name says which file it is
+    assert sorted(row["model"] for row in rows) == sorted(f"checkpoint-{sha[:8]}" for sha in models)
 
 
 def test_every_retrieval_record_has_per_query_rows_whose_mean_is_its_ap(golden_results):
@@ -244,7 +244,7 @@ def test_latex_is_booktabs_with_balanced_rows_and_escaped_text(paper_results, go
         assert "\\resizebox{" in body and "\\end{tabular}}" in body
         assert text.count("{") == text.count("}")
     table3 = (out / "table3.tex").read_text()
-    assert "checkpoint.pth" in table3 and "input\\_size=64" in table3 and "47.5 / 48.9 ($-1.4$)" in table3
+    assert "checkpoint-" in table3 and "input\\_size=64" in table3 and "47.5 / 48.9 ($-1.4$)" in table3
 
 
 def test_markdown_renders_as_a_table(paper_results, tmp_path):

@@ -142,7 +142,7 @@ def test_head_count_left_open_by_the_rule_is_asked_for_by_name(shared, tmp_path,
     path = tmp_path / "mae_128.pth"
     torch.save(obj, path)
     out = tmp_path / "mae_128.safetensors"
-    assert convert_cli(path, out, "--format", "mae") == 1
+    assert convert_cli(path, out, "--format", "mae") == 2
     err = capsys.readouterr().err
     assert "num_heads: embed_dim 128 has no known head count for MAE" in err
     assert """--arch-kwargs '{"num_heads": 6}'""" in err and "mae_128.pth" in err
@@ -168,7 +168,7 @@ def test_wrong_head_count_is_refused_in_convert_unless_forced(shared, tmp_path, 
     path = tmp_path / "vit-s.pth.tar"
     torch.save(with_encoder(shared, "mocov3_vit", "state_dict", "module.base_encoder.", model.state_dict()), path)
     out = tmp_path / "six.safetensors"
-    assert convert_cli(path, out, "--arch-kwargs", '{"num_heads": 6}') == 1
+    assert convert_cli(path, out, "--arch-kwargs", '{"num_heads": 6}') == 2
     err = capsys.readouterr().err
     assert "num_heads=6 disagrees with MoCo v3 (embed_dim 384 has 12 heads)" in err
     assert "Tensor shapes are identical for any head count" in err and "--force-heads" in err

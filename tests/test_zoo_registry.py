@@ -116,7 +116,7 @@ def test_cli_list_and_info(capsys):
 
 
 def test_cli_download_of_a_drive_folder_file_explains_the_manual_step(capsys):
-    assert main(["download", "carp"]) == 1
+    assert main(["download", "carp"]) == 2
     err = capsys.readouterr().err
     assert "carp-400ep-mc_checkpoint0399.pth" in err and "drive/folders/1xlDsn0JsD_tB11HA1qjdDJxVVy85pV2z" in err
 
@@ -126,7 +126,7 @@ def test_cli_verify_rehashes_and_checks_the_layout(tiny_registry, capsys):
     out = capsys.readouterr().out
     assert "matches" in out and "loads strictly" in out and "with projection head" in out
     (checkpoints_dir() / "tiny_dino_full.pth").write_bytes(b"not the file")
-    assert main(["verify", "tiny"]) == 1
+    assert main(["verify", "tiny"]) == 2
     assert "!= published" in capsys.readouterr().err
 
 
@@ -219,7 +219,7 @@ def _lock():
 def test_verify_records_a_hash_only_after_the_layout_check(unpublished_registry, shared, capsys):
     cached = checkpoints_dir() / "tiny_dino_full.pth"
     shutil.copy(shared / "golden/deit_vit/checkpoint.pth", cached)  # a real checkpoint, the wrong file
-    assert main(["verify", "tiny"]) == 1
+    assert main(["verify", "tiny"]) == 2
     assert "format 'dino_full' expects a dict with a 'teacher' entry" in capsys.readouterr().err
     assert "tiny_dino_full.pth" not in _lock()
     shutil.copy(unpublished_registry / "checkpoint.pth", cached)  # the right file is then accepted
@@ -236,7 +236,7 @@ def test_verify_says_how_to_replace_a_wrong_lock_entry_and_reset_lock_does(unpub
     obj = torch.load(cached, weights_only=False)
     obj["teacher"]["backbone.cls_token"] = obj["teacher"]["backbone.cls_token"] + 1
     torch.save(obj, cached)
-    assert main(["verify", "tiny"]) == 1
+    assert main(["verify", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "recorded in" in err and "python -m probes.zoo verify tiny_dino --reset-lock" in err
     assert "delete the key 'tiny_dino_full.pth' from" in err
@@ -254,7 +254,7 @@ def test_verify_refetch_compares_with_a_new_download(unpublished_registry, monke
     assert main(["verify", "tiny", "--refetch"]) == 0
     assert "a complete new download of https://example.org/tiny_dino_full.pth has the same sha256" in capsys.readouterr().out
     monkeypatch.setattr(download, "fresh_sha256", lambda entry, progress=True: ("0" * 64, entry.urls[0]))
-    assert main(["verify", "tiny", "--refetch"]) == 1
+    assert main(["verify", "tiny", "--refetch"]) == 2
     assert f"the cached file (sha256 {sha}) differs from a new download" in capsys.readouterr().err
 
 
@@ -268,7 +268,7 @@ def test_verify_takes_a_file_with_format_and_arch(shared, capsys):
     assert "'mocov3' converts and loads strictly" in out and "num_heads=8" in out and "with projection head" in out
     assert main(["verify", path, "--format", "mocov3", "--arch-kwargs", '{"num_heads": 8}']) == 0
     assert "img_size=64" in capsys.readouterr().out  # the rest inferred from the tensors
-    assert main(["verify", path, "--format", "deit"]) == 1
+    assert main(["verify", path, "--format", "deit"]) == 2
     assert "expects a dict with a 'model' entry" in capsys.readouterr().err
     assert not (checkpoints_dir() / "hashes.lock.json").exists()  # a user's file is never recorded
 

@@ -159,9 +159,9 @@ def test_bad_checkpoint_is_a_checkpoint_error_naming_file_and_tensor(shared, tmp
     for word in words:
         assert word in str(err.value), (word, str(err.value))
     # the command line says the same in one line, no traceback
-    assert main(["verify", str(path), "--format", fmt, "--arch", __import__("json").dumps(_deit_arch(shared))]) == 1
+    assert main(["verify", str(path), "--format", fmt, "--arch", __import__("json").dumps(_deit_arch(shared))]) == 2
     message = capsys.readouterr().err
-    assert message.startswith("error: ") and str(path) in message and "Traceback" not in message
+    assert message.startswith("python -m probes.zoo: error: ") and str(path) in message and "Traceback" not in message
 
 
 def test_a_torch_file_named_safetensors_is_read_by_its_content(shared, tmp_path):

@@ -7,17 +7,22 @@
     python -m probes.data synth cub --out /tmp/cub [--seed 0] [--size images=40 --size classes=4]
     python -m probes.data prepare lip-19 --root data/lip19 --source data/lip     # a converter with a source
 
-Exit status: 0 on success, 1 when `check` found problems, 2 on bad input (the message names the file).
+Exit status: 0 on success, 1 when `check` found problems, 2 on bad input (one `error:` line naming the file or
+option; `--debug` or PARTPROBE_DEBUG=1 shows the traceback). Every generated dataset holds a marker file
+(probes/data/generated.py): records of runs on it say `data_source: synthetic` and are never compared with the paper.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from pathlib import Path
+
 from probes.data import DATASETS, dataset_module
-from probes.data.errors import DatasetFormatError
+from probes.data.generated import carry_marker, find_marker
 from probes.data.report import format_report, report_json
 from probes.data.synth import GENERATORS, resolve_name, synth
+from probes.errors import run_main
 
 
 def _size(text: str) -> tuple[str, int]:
@@ -56,30 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit status (see the module docstring); a suite error prints one ``error:`` line (``--debug``: the
+    traceback)."""
+    return run_main(_main, argv, prog="python -m probes.data")
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "list":
-            print("datasets (download / prepare / check):", ", ".join(sorted(DATASETS)))
-            print("generators (synth):", ", ".join(sorted(GENERATORS)))
-            return 0
-        if args.command == "synth":
-            root = synth(args.name, args.out, seed=args.seed, **dict(args.size))
-            print(root)
-            return 0
-        module = dataset_module(args.name)
-        if args.command == "download":
-            module.download(args.root, name=args.name)
-            return 0
-        if args.command == "prepare":
-            root = module.prepare(args.root, name=args.name, source=args.source)
-            print(f"prepared {args.name} in {root}; now run: python -m probes.data check {args.name} --root {root}")
-            return 0
-        report = module.check(args.root, name=args.name)
-        print(report_json(report) if args.json else format_report(report))
-        return 0 if report["ok"] else 1
-    except DatasetFormatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "list":
+        print("datasets (download / prepare / check):", ", ".join(sorted(DATASETS)))
+        print("generators (synth):", ", ".join(sorted(GENERATORS)))
+        return 0
+    if args.command == "synth":
+        root = synth(args.name, args.out, seed=args.seed, **dict(args.size))
+        print(root)
+        return 0
+    module = dataset_module(args.name)
+    if args.command == "download":
+        module.download(args.root, name=args.name)
+        return 0
+    if args.command == "prepare":
+        root = module.prepare(args.root, name=args.name, source=args.source)
+        carry_marker(Path(args.source or args.root), Path(root))
+        print(f"prepared {args.name} in {root}; now run: python -m probes.data check {args.name} --root {root}")
+        return 0
+    report = module.check(args.root, name=args.name)
+    marker = find_marker(args.root)
+    if marker is not None:
+        report["generated"] = str(marker)
+    print(report_json(report) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from probes.data.ade20k import (
     read_instance_mask,
 )
 from probes.data.errors import DatasetFormatError
+from probes.data.generated import carry_marker
 from probes.data.labelmaps import (
     mask_bbox,
     ov_parts_part_maps,
@@ -304,6 +305,7 @@ def convert_full_release(root: str | os.PathLike, out: str | os.PathLike | None 
         problems += _write_split_files(out_root, split, [image.stem for image in images], mapping)
     if problems:
         print(f"{len(problems)} objects skipped, e.g.:\n  " + "\n  ".join(problems[:5]), file=sys.stderr)
+    carry_marker(root, out_root)
     return out_root
 
 

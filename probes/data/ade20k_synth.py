@@ -21,6 +21,7 @@ import numpy as np
 
 from probes.data.ade20k import class_lists
 from probes.data.drawing import BACKGROUND_HIGH, BACKGROUND_LOW, noise_background, region_colour_fill, save_jpeg
+from probes.data.generated import generator
 from probes.data.labelmaps import mask_bbox, present_labels, rle_encode, write_png
 from probes.fileio import write_bytes_atomic, write_json_atomic
 
@@ -240,6 +241,7 @@ def _json_record(thing: Thing, rendered: RenderedScene, rank: int) -> dict:
     }
 
 
+@generator
 def synth_ade20k_full(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write out_dir/ADE20K_2021_17_01/images/ADE/<split>/<group>/<scene>/...; returns the release folder."""
     root = Path(out_dir) / "ADE20K_2021_17_01"
@@ -272,6 +274,7 @@ def synth_ade20k_full(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return root
 
 
+@generator
 def synth_ade20k_part234(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write out_dir/ADE20KPart234/ holding the planted labels of the same scenes; returns that folder."""
     root = Path(out_dir) / "ADE20KPart234"
@@ -305,6 +308,7 @@ def synth_ade20k_part234(out_dir: str | os.PathLike, seed: int = 0) -> Path:
 # SceneParsing (ADEChallengeData2016)
 # ---------------------------------------------------------------------------------------------------------
 
+@generator
 def synth_ade20k(out_dir: str | os.PathLike, seed: int = 0, train_images: int = 6, val_images: int = 2) -> Path:
     """Write out_dir/ADEChallengeData2016/ (L-mode labels 0..150, class-coloured regions); returns that folder."""
     rng = np.random.default_rng(seed)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from probes.data import cifar
+from probes.data.generated import generator
 from probes.fileio import write_bytes_atomic
 
 CLASS_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
@@ -28,6 +29,7 @@ STRIPE_PERIODS = tuple(4 + 2 * (c % 3) for c in range(10))        # pixels
 NOISE = 48                                                        # +- per channel
 
 
+@generator
 def synth_cifar10(out_dir: str | os.PathLike, seed: int = 0, train_per_class: int = 10,
                   test_per_class: int = 5) -> Path:
     """Write out_dir/cifar-10-batches-py/ (5 train batches, test_batch, batches.meta); returns out_dir."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from probes.data import coco
 from probes.data.drawing import jittered_grid, noise_background, plant_disks, save_jpeg
+from probes.data.generated import generator
 from probes.fileio import write_json_atomic
 
 # One colour per keypoint (index = keypoint id - 1). The paper's three get the primaries:
@@ -66,6 +67,7 @@ INFO = {"description": "COCO 2017 Dataset", "url": "http://cocodataset.org", "ve
 PAPER_INDEX = [k - 1 for k in coco.PAPER_KEYPOINT_IDS]
 
 
+@generator
 def synth_coco(out_dir: str | os.PathLike, seed: int = 0, train_images: int = 20, val_images: int = 10,
                object_categories=OBJECT_CATEGORIES) -> Path:
     """Write out_dir/annotations/*.json, out_dir/train2017/, out_dir/val2017/; returns out_dir."""
@@ -282,6 +284,7 @@ OBJECT_SHAPES = {
 MIN_OBJECT_SIDE = 10
 
 
+@generator
 def synth_coco_instances(out_dir: str | os.PathLike, seed: int = 0, train_images: int = 16, val_images: int = 8,
                          image_size: int = 128, max_objects: int = 4, object_categories=OBJECT_CATEGORIES,
                          size_mix=(0.35, 0.45, 0.2)) -> Path:

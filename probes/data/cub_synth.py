@@ -14,6 +14,7 @@ import numpy as np
 
 from probes.data import cub
 from probes.data.drawing import jittered_grid, noise_background, plant_disks, save_jpeg
+from probes.data.generated import generator
 from probes.fileio import write_bytes_atomic
 
 # One colour per CUB part, index = part_id - 1. The paper's four parts get the primaries so that they are
@@ -43,6 +44,7 @@ CLASS_DIRS = ("001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_A
 CELL = 56
 
 
+@generator
 def synth_cub(out_dir: str | os.PathLike, seed: int = 0, images: int = 40, classes: int = 4,
               visible_probability: float = 0.75, paper_visible_probability: float = 0.9) -> Path:
     """Write out_dir/CUB_200_2011/ and return out_dir (the root CUB200 takes)."""

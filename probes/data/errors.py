@@ -1,7 +1,8 @@
 """The one error type every dataset reader raises for bad input."""
+from probes.errors import UserError
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A dataset file is missing, laid out wrongly, or holds a value the format does not allow.
 
     The message always names the file (and the line or field when there is one) and what was expected,

@@ -12,12 +12,14 @@ import numpy as np
 
 from probes.data import lip
 from probes.data.drawing import save_jpeg, save_png
+from probes.data.generated import generator
 from probes.data.mmseg_synth import _stem, class_schedule, image_size, paint, random_label_map, region_colours
 from probes.fileio import write_bytes_atomic
 
 LABEL_COLOURS = region_colours(lip.NUM_LABELS - 1)     # index v - 1 for label v = 1..19
 
 
+@generator
 def synth_lip(out_dir: str | os.PathLike, seed: int = 0, train_images: int = 8, val_images: int = 4,
               regions: int = 5) -> Path:
     """Write out_dir/TrainVal_images/ and out_dir/TrainVal_parsing_annotations/; returns out_dir."""

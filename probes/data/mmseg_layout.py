@@ -19,6 +19,7 @@ import numpy as np
 
 from probes.data import lip
 from probes.data.errors import DatasetFormatError
+from probes.data.generated import carry_marker
 from probes.data.labelmaps import checked_label_maps, read_label_png
 from probes.data.records import require_dir
 from probes.data.report import new_report
@@ -189,6 +190,7 @@ def convert_lip(source: str | os.PathLike, root: str | os.PathLike) -> Path:
         for sample in dataset.samples:
             _place(sample.image_path, root / "img" / split / f"{sample.stem}.jpg")
             _place(sample.label_path, root / "ann" / split / f"{sample.stem}.png")
+    carry_marker(source, root)
     return root
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from probes.data.drawing import class_palette, noise_background, region_colour_fill, save_jpeg, save_png
+from probes.data.generated import generator
 from probes.data.mmseg_layout import preset
 
 BORDER = 8   # px of background (raw 0) around every label map
@@ -105,21 +106,26 @@ def _stem(rng, style: str, split: str, number: int, used: set) -> str:
             return stem
 
 
-def synth_ade20k_part_209(out_dir, seed: int = 0, **sizes) -> Path:
-    return synth_layout("ade20k-part-209", out_dir, seed, **sizes)
+@generator
+def synth_ade20k_part_209(out_dir, seed: int = 0, train_images: int = 8, val_images: int = 4, regions: int = 4) -> Path:
+    return synth_layout("ade20k-part-209", out_dir, seed, train_images, val_images, regions)
 
 
-def synth_ade20k_object_59(out_dir, seed: int = 0, **sizes) -> Path:
-    return synth_layout("ade20k-object-59", out_dir, seed, **sizes)
+@generator
+def synth_ade20k_object_59(out_dir, seed: int = 0, train_images: int = 8, val_images: int = 4, regions: int = 4) -> Path:
+    return synth_layout("ade20k-object-59", out_dir, seed, train_images, val_images, regions)
 
 
-def synth_pascal_part_193(out_dir, seed: int = 0, **sizes) -> Path:
-    return synth_layout("pascal-part-193", out_dir, seed, **sizes)
+@generator
+def synth_pascal_part_193(out_dir, seed: int = 0, train_images: int = 8, val_images: int = 4, regions: int = 4) -> Path:
+    return synth_layout("pascal-part-193", out_dir, seed, train_images, val_images, regions)
 
 
-def synth_pascal_object_16(out_dir, seed: int = 0, **sizes) -> Path:
-    return synth_layout("pascal-object-16", out_dir, seed, **sizes)
+@generator
+def synth_pascal_object_16(out_dir, seed: int = 0, train_images: int = 8, val_images: int = 4, regions: int = 4) -> Path:
+    return synth_layout("pascal-object-16", out_dir, seed, train_images, val_images, regions)
 
 
-def synth_lip_19(out_dir, seed: int = 0, **sizes) -> Path:
-    return synth_layout("lip-19", out_dir, seed, **sizes)
+@generator
+def synth_lip_19(out_dir, seed: int = 0, train_images: int = 8, val_images: int = 4, regions: int = 4) -> Path:
+    return synth_layout("lip-19", out_dir, seed, train_images, val_images, regions)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from probes.data.ade20k import class_lists
 from probes.data.errors import DatasetFormatError
+from probes.data.generated import carry_marker
 from probes.data.labelmaps import (open_image, ov_parts_part_maps, present_labels, read_json, read_label_png,
                                    write_png)
 from probes.data.records import require_dir, require_file
@@ -578,6 +579,7 @@ def convert_release(root: str | os.PathLike, out: str | os.PathLike | None = Non
             write_png(tmlr / "ann" / split / f"{stem}.png", labels.object16)
         write_json_atomic(record_path, record, indent=None)
     _write_split_files(out, source.stems)
+    carry_marker(source.root, out)
     return out
 
 

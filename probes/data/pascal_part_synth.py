@@ -23,6 +23,7 @@ from probes.data.ade20k import class_lists
 from probes.data.ade20k_synth import distinct_colours
 from probes.data.drawing import noise_background, region_colour_fill, save_jpeg
 from probes.data.labelmaps import present_labels, write_png
+from probes.data.generated import generator
 from probes.fileio import atomic_path, write_bytes_atomic, write_json_atomic
 
 WIDTH, HEIGHT = 80, 60
@@ -219,6 +220,7 @@ def _write_mat(path: Path, rendered: RenderedPascal) -> None:
         savemat(handle, {"anno": anno}, do_compression=True)
 
 
+@generator
 def synth_pascal_part(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write out_dir/Annotations_Part/*.mat and out_dir/VOCdevkit/VOC2010/...; returns out_dir."""
     out = Path(out_dir)
@@ -232,6 +234,7 @@ def synth_pascal_part(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return out
 
 
+@generator
 def synth_pascal_part_derived(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write PascalPart116/, PascalPartGMNet/ and PascalObject16/ under out_dir; returns out_dir."""
     out = Path(out_dir)
@@ -261,9 +264,11 @@ def synth_pascal_part_derived(out_dir: str | os.PathLike, seed: int = 0) -> Path
     return out
 
 
+@generator
 def synth_pascal_part_116(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return synth_pascal_part_derived(out_dir, seed) / "PascalPart116"
 
 
+@generator
 def synth_pascal_part_gmnet(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return synth_pascal_part_derived(out_dir, seed) / "PascalPartGMNet"

@@ -21,6 +21,8 @@ def add_problem(report: dict, message: str) -> None:
 
 def format_report(report: dict) -> str:
     lines = [f"{report['dataset']} at {report['root']}: {'OK' if report['ok'] else 'PROBLEMS FOUND'}"]
+    if report.get("generated"):
+        lines.append(f"  generated data (marker {report['generated']}): runs on it are recorded as synthetic")
     for key, value in report["counts"].items():
         lines.append(f"  {key}: {value}")
     if report["class_histogram"]:

@@ -7,6 +7,7 @@ takes. Modules are imported only when their generator is asked for.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from pathlib import Path
 
@@ -48,6 +49,26 @@ def generator(name: str):
     return getattr(importlib.import_module(module_name), function_name)
 
 
+def size_options(make) -> dict[str, object]:
+    """The size options of a generator function and their defaults (every parameter but out_dir and seed)."""
+    return {p.name: p.default for p in inspect.signature(make).parameters.values()
+            if p.name not in ("out_dir", "seed") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def synth(name: str, out_dir: str | os.PathLike, seed: int = 0, **sizes) -> Path:
-    """Write a small `name` dataset under out_dir (deterministic for a seed); returns the reader's root."""
-    return Path(generator(name)(out_dir, seed=seed, **sizes))
+    """Write a small `name` dataset under out_dir (deterministic for a seed); returns the reader's root.
+    The root holds the generated-data marker (probes.data.generated)."""
+    from probes.options import ConfigError
+
+    make = generator(name)
+    known = {k: v for k, v in size_options(make).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    listed = ", ".join(f"{k} (default {v})" for k, v in known.items()) or "none"
+    for key, value in sizes.items():
+        if key not in known:
+            raise ConfigError(f"--size {key}={value}: the {name} generator has no size {key!r}; its sizes: {listed}")
+        if value < 0:
+            raise ConfigError(f"--size {key}={value}: expected a number >= 0")
+    try:
+        return Path(make(out_dir, seed=seed, **sizes))
+    except ValueError as err:           # the generators' own checks of their sizes
+        raise ConfigError(f"--size {' '.join(f'{k}={v}' for k, v in sizes.items())}: {err}") from None

@@ -55,10 +55,12 @@ class Task:
         return out
 
     def notes(self) -> dict:
+        from probes.views.checks import left_out_notes
+
         notes = {"train_transform": self.train.transform.describe(), "eval_transform": self.eval.transform.describe()}
         if isinstance(self.train, PartCropView):
             notes["crop_side"] = self.train.db.options["crop_side"]
-        return notes
+        return {**notes, **left_out_notes(self.train, self.eval)}
 
 
 class FolderView:

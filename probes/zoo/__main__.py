@@ -247,6 +247,13 @@ def cmd_convert(args) -> None:
 
 
 def main(argv=None) -> int:
+    """Exit status 0, or 2 with one ``error:`` line for a zoo error (``--debug``: the traceback)."""
+    from probes.errors import run_main
+
+    return run_main(_main, argv, prog="python -m probes.zoo")
+
+
+def _main(argv) -> int:
     from probes.zoo.formats import FORMATS
 
     parser = argparse.ArgumentParser(prog="python -m probes.zoo", description=__doc__, epilog=EXAMPLES,
@@ -296,9 +303,6 @@ def main(argv=None) -> int:
         os.environ[REGISTRY_ENV] = args.registry  # read by every registry lookup of this command
     try:
         args.func(args)
-    except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     finally:
         if args.registry:
             if previous is None:

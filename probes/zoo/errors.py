@@ -2,8 +2,10 @@
 what was expected, so that a user can act without reading the code."""
 from __future__ import annotations
 
+from probes.errors import UserError
 
-class ZooError(Exception):
+
+class ZooError(UserError):
     """Base class: anything the zoo refuses to do."""
 
 
