@@ -320,3 +320,18 @@ def test_dense_extraction_samples_each_image_once_at_its_keypoints(tmp_path):
     expected = torch.tensor([[0.0, 0.0], [1.75, 1.75], [1.5, 1.5], [0.0, 3.0]])
     torch.testing.assert_close(values, expected, atol=1e-5, rtol=0)
     assert encoder.calls == 2                                   # one forward per distinct image
+
+
+def test_a_batch_size_reduced_for_memory_is_in_the_records(cub_root, tmp_path, monkeypatch, colorstats):
+    from probes import experiment, part_retrieval
+    from conftest import run_cli
+
+    monkeypatch.setattr(experiment, "load_encoder", lambda cfg: OutOfMemoryAbove(colorstats, limit=20))
+    records = run_cli(part_retrieval, "--model", "colorstats", "--dataset", "cub", "--data-root", cub_root,
+                      "--data-source", "synthetic", "--batch-size", "64", "--results", tmp_path, "--quiet")
+    note = "cub part features: CUDA out of memory at a forward batch of 64; extraction went on with batches of 32"
+    assert records and all(note in record.notes for record in records)
+    assert all(any("batches of 16" in n for n in record.notes) for record in records)
+    # Written with their digests recomputed: the leaderboard takes them.
+    from probes.results import RunRecord, iter_record_paths
+    assert sorted(RunRecord.load(p).notes == records[0].notes for p in iter_record_paths(tmp_path)) == [True, True]
