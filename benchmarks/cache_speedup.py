@@ -64,21 +64,24 @@ def main(argv=None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="partprobe-bench-"))
     os.environ["PARTPROBE_FEATURES"] = str(work / "features")      # an empty cache for the first run
+    from probes import experiment
     from probes.baselines import build_baseline
     from probes.data.synth import synth
-    from probes.part_retrieval import run
+    from probes.part_retrieval import PartRetrievalConfig, run
 
     root = synth("cub", work / "cub", seed=0, images=args.images)
     encoder = CountingEncoder(build_baseline("colorstats") if args.model == "colorstats" else random_vit_small())
-    common = dict(encoder=encoder, dataset="cub", data_root=root, write=False, progress=False,
-                  batch_size=args.batch_size, self_match="both", data_source="synthetic")
+    experiment.load_encoder = lambda cfg: encoder          # loaded once, outside both timings
+    (cfg,) = experiment.parse(PartRetrievalConfig, [
+        "--model", "colorstats", "--dataset", "cub", "--data-root", str(root), "--data-source", "synthetic",
+        "--no-write", "--quiet", "--batch-size", str(args.batch_size), "--self-match", "both"])
 
     start = time.perf_counter()
-    first = run(**common)
+    first = run(cfg)
     first_s, first_calls = time.perf_counter() - start, encoder.calls
     encoder.calls = 0
     start = time.perf_counter()
-    second = run(**common)
+    second = run(cfg)
     second_s, second_calls = time.perf_counter() - start, encoder.calls
 
     same = all(a.metrics == b.metrics for a, b in zip(first, second))

@@ -21,6 +21,7 @@ COMMANDS = {
     "zoo": ("probes.zoo.__main__", "checkpoints: list, info, download, verify, detect, convert"),
     "data": ("probes.data.__main__", "datasets: list, download, prepare, check, synth"),
     "demo": ("probes.demo", "the main job on generated data, no download"),
+    "sweep": ("probes.sweep", "models x experiments x datasets x presets, resumable, local or Slurm"),
     "leaderboard": ("analysis.leaderboard", "merge result folders into a leaderboard"),
     "tables": ("analysis.tables", "the paper's tables (3, 1, 4, 2) from result folders: CSV, Markdown, LaTeX"),
     "figures": ("analysis.figures", "figures from result folders"),

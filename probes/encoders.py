@@ -188,9 +188,16 @@ class Encoder(ForwardOptions):
             raise ValueError(f"{self.name}: feature 'block' needs block in 0..{self.num_blocks - 1}, got {block!r}")
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be a normalised [B, 3, H, W] batch, got shape {tuple(images.shape)}")
-        images = images.to(self.device, non_blocking=True)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.effective_precision == "bf16-autocast"
-                    else contextlib.nullcontext())
+        fast = self.effective_precision == "bf16-autocast"
+        if fast and not getattr(self, "_channels_last", False):
+            # bf16 presets allow inexact arithmetic: channels-last convolutions (the patch embedding, every ResNet
+            # layer) run on the tensor cores' layout. float32 keeps the default layout and its exact kernels.
+            self.model.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        # Non-blocking from pinned memory (the DataLoader pins batches for a GPU): the copy overlaps the work.
+        images = images.to(self.device, non_blocking=True,
+                           memory_format=torch.channels_last if fast else torch.preserve_format)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
         with autocast:
             out = self._vit(images, features, block) if self.kind == "vit" else self._resnet(images, features, block)
         return {k: v.float().cpu() for k, v in out.items()}

@@ -66,9 +66,10 @@ def load_encoder(cfg: Experiment):
     """The encoder of ``cfg.model`` on ``cfg.run.device``, forward options set, MAE shuffle seeded by ``cfg.seed``.
     The options that depend on the model (the protocol's ``--block`` and ``--feature``) are checked against it
     here, before any data is read."""
+    from probes.distributed import device_for_rank
     from probes.encoders import load
 
-    encoder = load(cfg.model, device=cfg.run.device, seed=cfg.seed)
+    encoder = load(cfg.model, device=device_for_rank(cfg.run.device), seed=cfg.seed)
     protocol = getattr(cfg, "protocol", None)
     check_block(getattr(protocol, "block", None), encoder)
     features = getattr(protocol, "features", None) or [getattr(protocol, "feature", None)]
@@ -185,6 +186,7 @@ class Run:
     records: list = field(default_factory=list)
     artifacts: dict = field(default_factory=dict)
     rows: list = field(default_factory=list)
+    first_backoff: int = field(default_factory=lambda: len(_backoffs()))
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -194,14 +196,28 @@ class Run:
         self.artifacts.update(artifacts or {})
 
     def finish(self, headline: Callable | None = None) -> list:
-        from probes.results import write_run
+        """Write the records as one set (under torchrun: rank 0 only; every rank computed the same records)
+        and print the summary. A batch size reduced after a CUDA out-of-memory error is noted in them."""
+        from probes.distributed import is_main
+        from probes.results import seal, write_run
 
+        backoffs = _backoffs()[self.first_backoff:]
+        if backoffs:
+            self.records = [seal(record, notes=[*record.notes, *backoffs]) for record in self.records]
+        if not is_main():
+            return self.records
         paths = []
         if self.cfg.output.write and self.records:
             paths = write_run(self.records, results_folder(self.cfg), self.experiment, to_dict(self.cfg),
                               self.artifacts)
         print_summary(self.records, paths, headline)
         return self.records
+
+
+def _backoffs() -> list[str]:
+    from probes.features import BACKOFFS
+
+    return BACKOFFS
 
 
 def print_summary(records: list, paths: list, headline: Callable | None = None) -> None:

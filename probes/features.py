@@ -18,29 +18,51 @@ encoder batch by batch for training loops whose inputs do not fit the cache.
 
 Cache layout, under ``probes.paths.features_dir()``::
 
-    <hash16>/key.json                       the full cache key (what the features depend on)
-    <hash16>/<feature>[@block<k>]/00000.pt  {"start", "stop", "values"} for items [start, stop)
+    <hash16>/key.json                                   the full cache key (what the features depend on)
+    <hash16>/<feature>[@block<k>]/00000.pt              shard 0: {"start", "stop", "values", "sha256"}
+    <hash16>/<feature>[@block<k>]/00000-part-A-B.pt     one finished batch [A, B) of a shard not yet merged
 
-Every shard is written atomically when complete, so an interrupted extraction resumes at the first
-missing shard and a repeated run loads everything without one forward pass.
+Every batch is written atomically as soon as it is encoded, with the SHA-256 of its values; when every
+batch of a shard is there, the shard is merged into one file and its parts removed. So an interrupted run
+resumes at the first batch not written, and the progress bar moves per batch. Every file is checked
+against its digest on reading: a damaged one is reported on stderr (file named) and recomputed, never
+used. A failed write (a full disk) is reported, the files written before stay valid for the next run, and
+the run goes on without writing the cache. Two processes filling the same cache at once each compute what
+they found missing and write the same bytes under the same names; a reader sees whole files only.
+
+Under ``torchrun`` (``probes.distributed``) the missing batches are shared out over the ranks in turn;
+each rank writes its own batches to the cache, the features are exchanged so that every rank returns all
+of them, and rank 0 merges the shards. Batches start at the same items as in a single process, so the
+features are the same bits (float32).
+
+A CUDA out-of-memory error halves the forward batch and retries (down to one image); every reduction is
+kept in ``BACKOFFS`` and added to the notes of the run's records (``probes.experiment.Run.finish``).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
+import sys
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probes.fileio import atomic_path, write_json_atomic
+from probes import distributed
+from probes.fileio import write_bytes_atomic, write_json_atomic
 from probes.paths import features_dir
 
 DEFAULT_SHARD_SIZE = 2048
 POOLED_FROM_BLOCK = ("cls", "patch_mean")
+PART_NAME = re.compile(r"^(\d{5})-part-(\d{9})-(\d{9})\.pt$")
+BACKOFFS: list[str] = []     # "batch size reduced" notes of this process, in order
 
+
+# --- one batch -----------------------------------------------------------------------------------------------
 
 # --- one batch -----------------------------------------------------------------------------------------------
 def _num_patches(encoder, images: torch.Tensor) -> int | None:
@@ -93,6 +115,35 @@ def pool_block(output: torch.Tensor, feature: str, num_patches: int | None) -> t
     return output[:, prefix:].mean(dim=1)
 
 
+class Backoff:
+    """Runs a forward function over a batch in pieces of at most ``size`` images; a CUDA out-of-memory
+    error halves ``size`` (for the rest of the extraction) and retries the piece (timm's ``--retry`` idea)."""
+
+    def __init__(self, size: int, description: str):
+        self.size, self.description = max(1, int(size)), description
+
+    def __call__(self, forward: Callable[[torch.Tensor], dict], images: torch.Tensor) -> dict:
+        outputs, start = [], 0
+        while start < images.shape[0]:
+            piece = images[start:start + self.size]
+            try:
+                outputs.append(forward(piece))
+            except torch.cuda.OutOfMemoryError:
+                if self.size == 1:
+                    raise
+                reduced = self.size // 2
+                BACKOFFS.append(f"{self.description}: CUDA out of memory at a forward batch of {self.size}; "
+                                f"extraction went on with batches of {reduced}")
+                print(f"partprobe: {BACKOFFS[-1]}", file=sys.stderr)
+                self.size = reduced
+                torch.cuda.empty_cache()
+                continue
+            start += piece.shape[0]
+        if len(outputs) == 1:
+            return outputs[0]
+        return {name: torch.cat([out[name] for out in outputs]) for name in outputs[0]}
+
+
 # --- the cache -----------------------------------------------------------------------------------------------
 def _canonical(key) -> str:
     return json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
@@ -112,73 +163,234 @@ def _shard_path(folder: Path, column: str, shard: int) -> Path:
     return folder / column / f"{shard:05d}.pt"
 
 
-def _load_shard(path: Path, start: int, stop: int) -> torch.Tensor | None:
-    """A complete shard's values, or None if absent or not what it should be (then it is recomputed)."""
-    if not path.is_file():
-        return None
+def _part_path(folder: Path, column: str, shard: int, rows: range) -> Path:
+    return folder / column / f"{shard:05d}-part-{rows.start:09d}-{rows.stop:09d}.pt"
+
+
+def _parts_of(folder: Path, column: str, shard: int) -> list[tuple[range, Path]]:
+    out = []
+    for path in sorted((folder / column).glob(f"{shard:05d}-part-*.pt")):
+        match = PART_NAME.match(path.name)
+        if match:
+            out.append((range(int(match.group(2)), int(match.group(3))), path))
+    return out
+
+
+def values_digest(start: int, stop: int, values: torch.Tensor) -> str:
+    """SHA-256 of a shard's content: its item range, dtype, shape and raw bytes."""
+    digest = hashlib.sha256(f"{start}:{stop}:{values.dtype}:{tuple(values.shape)}".encode("utf-8"))
+    digest.update(values.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def report_damaged(path: Path, problem: str) -> None:
+    print(f"partprobe: feature cache: {path} {problem}; recomputing it", file=sys.stderr)
+
+
+def _read(path: Path, rows: range) -> torch.Tensor | None:
+    """The values of a shard or part file holding ``rows``; None if absent, or if it is not exactly what was
+    written (then reported and recomputed)."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged file: recompute it (shards are written atomically, so this is rare)
+    except FileNotFoundError:
         return None
-    if not isinstance(data, dict) or data.get("start") != start or data.get("stop") != stop:
+    except Exception as err:  # noqa: BLE001 - any unreadable file is recomputed, never trusted
+        report_damaged(path, f"cannot be read ({type(err).__name__}: {err})")
         return None
-    values = data.get("values")
-    if not isinstance(values, torch.Tensor) or values.shape[0] != stop - start:
+    values = data.get("values") if isinstance(data, dict) else None
+    if not isinstance(values, torch.Tensor) or data.get("start") != rows.start or data.get("stop") != rows.stop \
+            or values.ndim == 0 or values.shape[0] != len(rows):
+        report_damaged(path, f"does not hold items [{rows.start}, {rows.stop})")
+        return None
+    if "sha256" not in data:
+        report_damaged(path, "has no content digest (written by an older version)")
+        return None
+    if values_digest(rows.start, rows.stop, values) != data["sha256"]:
+        report_damaged(path, "does not match the digest written with it (changed on disk)")
         return None
     return values
 
 
-def _save_shard(path: Path, start: int, stop: int, values: torch.Tensor) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"start": start, "stop": stop, "values": values.contiguous().clone()}, tmp)
+class CacheWriter:
+    """Writes shard and part files; after the first failed write (a full disk) it reports once and writes
+    nothing more, leaving every file written before valid."""
+
+    def __init__(self, folder: Path | None):
+        self.folder, self.failed = folder, False
+
+    def write(self, path: Path, rows: range, values: torch.Tensor) -> bool:
+        if self.folder is None or self.failed:
+            return False
+        values = values.contiguous().clone()            # a view would save its whole storage
+        buffer = io.BytesIO()
+        # Saved to memory first: the file is then written by Python, so a full disk is an OSError naming
+        # the file (torch's own writer reports it as "unexpected pos") and the partial file is removed.
+        torch.save({"start": rows.start, "stop": rows.stop, "values": values,
+                    "sha256": values_digest(rows.start, rows.stop, values)}, buffer)
+        try:
+            write_bytes_atomic(path, buffer.getvalue())
+        except OSError as err:
+            self.failed = True
+            print(f"partprobe: feature cache: cannot write {path} ({err.strerror or err}); the features cached "
+                  f"before stay valid and the next run reuses them; this run goes on without writing the cache",
+                  file=sys.stderr)
+            return False
+        return True
+
+
+def _scan(folder: Path, column: str, shard: int, items: range) -> tuple[bool, list[tuple[range, torch.Tensor]]]:
+    """(whole shard file found, the cached pieces of shard ``shard`` in order, without overlaps)."""
+    pieces: list[tuple[range, torch.Tensor]] = []
+    for _ in range(2):   # a second look when a part vanished: another process merged the shard meanwhile
+        whole = _read(_shard_path(folder, column, shard), items)
+        if whole is not None:
+            return True, [(items, whole)]
+        pieces, vanished = [], False
+        for rows, path in _parts_of(folder, column, shard):
+            if rows.start < items.start or rows.stop > items.stop or len(rows) == 0 or \
+                    (pieces and rows.start < pieces[-1][0].stop):
+                continue     # another shard size, or overlapping parts of another batch size: keep the first
+            values = _read(path, rows)
+            if values is None:
+                vanished = vanished or not path.exists()
+                continue
+            pieces.append((rows, values))
+        if not vanished:
+            break
+    return False, pieces
+
+
+def fixed_batches(batch_size: int) -> Callable[[range], list[range]]:
+    """Cut a range of items into batches of ``batch_size`` from its start."""
+    return lambda gap: [range(s, min(s + batch_size, gap.stop)) for s in range(gap.start, gap.stop, batch_size)]
+
+
+def _gaps(items: range, pieces: Sequence[tuple[range, torch.Tensor]], cut: Callable) -> list[range]:
+    """The batches that cover what ``pieces`` leave out of ``items``, each gap cut from its start."""
+    out, position = [], items.start
+    for rows in [rows for rows, _ in pieces] + [range(items.stop, items.stop)]:
+        if position < rows.start:
+            out += cut(range(position, rows.start))
+        position = max(position, rows.stop)
+    return out
+
+
+def _plan(folder: Path | None, shards: list[range], columns: list[str], cut: Callable):
+    """What the cache holds ({column: [(rows, values)]}, {column: shards found whole}) and what is missing:
+    [(rows, columns)] in item order."""
+    have: dict[str, list] = {column: [] for column in columns}
+    whole: dict[str, set] = {column: set() for column in columns}
+    missing: dict[range, list[str]] = {}
+    for index, items in enumerate(shards):
+        for column in columns:
+            found, pieces = _scan(folder, column, index, items) if folder is not None else (False, [])
+            if found:
+                whole[column].add(index)
+            have[column] += pieces
+            for rows in _gaps(items, pieces, cut):
+                missing.setdefault(rows, []).append(column)
+    todo = sorted(missing.items(), key=lambda entry: (entry[0].start, entry[0].stop))
+    return have, whole, todo
+
+
+def _exchange(mine: dict[str, list]) -> dict[str, list]:
+    """Every rank's pieces on every rank: per source rank and column, one broadcast of its rows."""
+    meta = distributed.gather_objects({column: ([(r.start, r.stop) for r, _ in pieces],
+                                                tuple(pieces[0][1].shape[1:]) if pieces else None,
+                                                str(pieces[0][1].dtype) if pieces else None)
+                                       for column, pieces in mine.items()})
+    rank = distributed.world()[0]
+    out: dict[str, list] = {column: [] for column in mine}
+    for src, theirs in enumerate(meta):
+        for column, (ranges, trailing, dtype) in theirs.items():
+            if not ranges:
+                continue
+            if src == rank:
+                buffer = torch.cat([values for _, values in mine[column]])
+            else:
+                rows = sum(stop - start for start, stop in ranges)
+                buffer = torch.empty((rows, *trailing), dtype=getattr(torch, dtype.removeprefix("torch.")))
+            buffer = distributed.broadcast(buffer, src)
+            offset = 0
+            for start, stop in ranges:
+                out[column].append((range(start, stop), buffer[offset:offset + stop - start]))
+                offset += stop - start
+    return out
+
+
+def _merge_shards(writer: CacheWriter, shards: list[range], whole: dict[str, set], out: dict[str, torch.Tensor]):
+    """One file per shard, from the whole features, and the shard's part files removed (after the write)."""
+    for column, values in out.items():
+        for index, items in enumerate(shards):
+            if index in whole[column]:
+                continue
+            if not writer.write(_shard_path(writer.folder, column, index), items, values[items.start:items.stop]):
+                return
+            for _, path in _parts_of(writer.folder, column, index):
+                path.unlink(missing_ok=True)
 
 
 def cached_extraction(num_items: int, columns: Sequence[str],
-                      compute: Callable[[range, list[str]], dict[str, torch.Tensor]], *,
-                      cache_key: dict | None, shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True,
+                      compute: Callable[[list[range], list[str]], Iterator[dict[str, torch.Tensor]]], *,
+                      cache_key: dict | None, shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 64,
+                      cut: Callable[[range], list[range]] | None = None, progress: bool = True,
                       description: str = "features") -> dict[str, torch.Tensor]:
     """Values of ``columns`` for items 0..num_items-1, from the cache where present, else from ``compute``.
 
-    ``compute(items, missing_columns)`` returns {column: tensor [len(items), ...]} for a contiguous range.
-    Shards are saved as soon as they are complete.
+    ``compute(batches, columns)`` yields {column: tensor [len(rows), ...]} for each range of ``batches`` in
+    turn: ``batch_size`` items each from the start of every range left to compute, or the ranges ``cut``
+    makes of it. Each batch is saved as soon as it is computed. Under torchrun the batches are shared out
+    over the ranks and every rank returns every row.
     """
     from tqdm.auto import tqdm
 
     columns = list(dict.fromkeys(columns))
+    if num_items == 0:
+        return {column: torch.empty(0) for column in columns}
+    rank, size = distributed.world()
     shards = [range(start, min(start + shard_size, num_items)) for start in range(0, num_items, shard_size)]
     folder = None
     if cache_key is not None:
         full_key = {"key": cache_key, "num_items": num_items, "shard_size": shard_size}
         folder = cache_dir(full_key)
-        if not (folder / "key.json").is_file():
+        if rank == 0 and not (folder / "key.json").is_file():
             write_json_atomic(folder / "key.json", full_key)
-    parts: dict[str, list] = {column: [None] * len(shards) for column in columns}
-    todo = []
-    for index, items in enumerate(shards):
-        missing = []
-        for column in columns:
-            values = _load_shard(_shard_path(folder, column, index), items.start, items.stop) if folder else None
-            if values is None:
-                missing.append(column)
-            else:
-                parts[column][index] = values
-        if missing:
-            todo.append((index, items, missing))
-    with tqdm(total=sum(len(items) for _, items, _ in todo), desc=description, unit="item",
-              disable=not progress or not todo) as bar:
-        for index, items, missing in todo:
-            computed = compute(items, missing)
-            for column in missing:
-                values = computed[column]
-                if values.shape[0] != len(items):
-                    raise RuntimeError(f"computed {values.shape[0]} rows of {column!r} for {len(items)} items")
-                if folder is not None:
-                    _save_shard(_shard_path(folder, column, index), items.start, items.stop, values)
-                parts[column][index] = values
-            bar.update(len(items))
-    if num_items == 0:
-        return {column: torch.empty(0) for column in columns}
-    return {column: torch.cat(parts[column]) for column in columns}
+    writer = CacheWriter(folder)
+    if rank == 0:   # one reading of the cache decides for every rank
+        have, whole, todo = _plan(folder, shards, columns, cut or fixed_batches(batch_size))
+    else:
+        have, whole, todo = {column: [] for column in columns}, None, None
+    if size > 1:
+        whole, todo = distributed.broadcast_object((whole, todo))
+    mine = todo[rank::size]
+    groups: dict[tuple, list[range]] = {}
+    for rows, missing in mine:
+        groups.setdefault(tuple(missing), []).append(rows)
+    with tqdm(total=sum(len(rows) for rows, _ in mine), desc=description, unit="item",
+              disable=not progress or not mine or rank != 0) as bar:
+        for missing, batches in groups.items():
+            for rows, computed in zip(batches, compute(batches, list(missing))):
+                index = rows.start // shard_size
+                for column in missing:
+                    values = computed[column]
+                    if values.shape[0] != len(rows):
+                        raise RuntimeError(f"computed {values.shape[0]} rows of {column!r} for {len(rows)} items")
+                    if folder is not None:
+                        writer.write(_part_path(folder, column, index, rows), rows, values)
+                    have[column].append((rows, values))
+                bar.update(len(rows))
+    if size > 1:
+        have = _exchange(have)
+    out = {}
+    for column in columns:
+        pieces = sorted(have[column], key=lambda piece: piece[0].start)
+        covered = [rows for rows, _ in pieces]
+        if [r.start for r in covered] != [0] + [r.stop for r in covered[:-1]] or covered[-1].stop != num_items:
+            raise RuntimeError(f"{column!r}: the extracted pieces do not cover items 0..{num_items - 1} once")
+        out[column] = torch.cat([values for _, values in pieces])
+    if folder is not None and rank == 0:
+        _merge_shards(writer, shards, whole, out)
+    return out
 
 
 # --- one image per item ---------------------------------------------------------------------------------------
@@ -186,10 +398,8 @@ def _images_only(batch):
     return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
-def _loader(encoder, dataset, items, batch_size: int, num_workers: int):
-    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(items)), batch_size=batch_size,
-                                       shuffle=False, num_workers=num_workers,
-                                       pin_memory=getattr(encoder, "device", torch.device("cpu")).type == "cuda")
+def _on_gpu(encoder) -> bool:
+    return getattr(encoder, "device", torch.device("cpu")).type == "cuda"
 
 
 def cache_key(encoder, view, block: int | None, protocol: str = "crops") -> dict:
@@ -202,7 +412,8 @@ def extract(encoder, view, features: Iterable[str] = ("cls", "patch_mean"), bloc
     """Encode every item of ``view``; returns {feature: float32 tensor [N, ...]} in view order.
 
     ``run`` (``probes.options.RunOptions``, or None for its defaults) gives the batch size, the workers, and
-    whether the on-disk cache is used.
+    whether the on-disk cache is used. The images are decoded, cropped and resized in the DataLoader's
+    worker processes (``run.num_workers``), one loader over every missing batch, pinned for a GPU.
     """
     from probes.options import RunOptions
 
@@ -213,26 +424,27 @@ def extract(encoder, view, features: Iterable[str] = ("cls", "patch_mean"), bloc
     column_of = {feature: _column_name(feature, block) for feature in features}
     feature_of = {column: feature for feature, column in column_of.items()}
     dataset = view.dataset
+    description = description or f"{view.split} features"
+    backoff = Backoff(run.batch_size, description)
 
-    def compute(items: range, missing_columns: list[str]) -> dict[str, torch.Tensor]:
+    def compute(batches: list[range], missing_columns: list[str]) -> Iterator[dict[str, torch.Tensor]]:
         wanted = [feature_of[column] for column in missing_columns]
-        chunks: dict[str, list] = {feature: [] for feature in wanted}
-        for batch in _loader(encoder, dataset, items, run.batch_size, run.num_workers):
-            out = encode_batch(encoder, _images_only(batch), wanted, block)
-            for feature in wanted:
-                chunks[feature].append(out[feature])
-        return {column_of[feature]: torch.cat(chunks[feature]) for feature in wanted}
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=[list(rows) for rows in batches],
+                                             num_workers=run.num_workers, pin_memory=_on_gpu(encoder))
+        for batch in loader:
+            out = backoff(lambda images: encode_batch(encoder, images, wanted, block), _images_only(batch))
+            yield {column_of[feature]: out[feature] for feature in wanted}
 
     key = cache_key(encoder, view, block) if run.cache else None
     out = cached_extraction(len(dataset), list(column_of.values()), compute, cache_key=key, shard_size=shard_size,
-                            progress=not run.quiet, description=description or f"{view.split} features")
+                            batch_size=run.batch_size, progress=not run.quiet, description=description)
     return {feature: out[column_of[feature]] for feature in features}
 
 
 def stream(encoder, view, feature: str, block: int | None, batches, num_workers: int = 0):
     """Encoder outputs of ``view`` for each batch of item indices, computed on the fly (never cached)."""
     loader = torch.utils.data.DataLoader(view.dataset, batch_sampler=[list(b) for b in batches],
-                                         num_workers=num_workers)
+                                         num_workers=num_workers, pin_memory=_on_gpu(encoder))
     for batch in loader:
         yield encode_batch(encoder, _images_only(batch), [feature], block)[feature]
 
@@ -275,41 +487,63 @@ def dense_map(encoder, images: torch.Tensor, block: int | None) -> torch.Tensor:
     patches = output[:, output.shape[1] - h * w:]
     return patches.transpose(1, 2).reshape(output.shape[0], -1, h, w)
 
+class _DenseBatches(torch.utils.data.Dataset):
+    """One entry per batch of keypoint rows: the distinct full images of those rows (loaded in a worker),
+    their original sizes, and the rows of each image (offsets in the batch)."""
+
+    def __init__(self, view, batches: list[range]):
+        self.view, self.batches = view, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        rows_of: dict[str, list[int]] = {}
+        for offset, row in enumerate(self.batches[index]):
+            rows_of.setdefault(self.view.items[row].image_path, []).append(offset)
+        images = self.view.images(list(rows_of))
+        tensors, sizes = zip(*(images[i] for i in range(len(images))))
+        return torch.stack(tensors), torch.stack(sizes), list(rows_of.values())
+
 
 def extract_dense(encoder, view, block: int | None = None, run=None, *,
                   shard_size: int = DEFAULT_SHARD_SIZE) -> torch.Tensor:
     """Dense protocol: float32 [N, D], row i = the patch-token map of item i's full image at its keypoint.
 
     ``view`` is a ``probes.views.parts.PartKeypointView`` (items with ``image_path`` and ``keypoint`` in
-    pixel indices; full images resized to the encoder's input size S x S). Each distinct image of a shard
-    is encoded once.
+    pixel indices; full images resized to the encoder's input size S x S). A batch is a run of keypoints
+    of at most ``run.batch_size`` images; each image of a batch is encoded once.
     """
     from probes.options import RunOptions
 
     run = run or RunOptions()
     items = view.items
     column = _column_name("dense_patch", block)
+    backoff = Backoff(run.batch_size, "dense features")
 
-    def compute(rows: range, missing_columns: list[str]) -> dict[str, torch.Tensor]:
-        chunk = [items[i] for i in rows]
-        rows_of: dict[str, list[int]] = {}
-        for row, item in enumerate(chunk):
-            rows_of.setdefault(item.image_path, []).append(row)
-        paths = list(rows_of)
-        loader = torch.utils.data.DataLoader(view.images(paths), batch_size=run.batch_size, shuffle=False,
-                                             num_workers=run.num_workers)
-        out: list = [None] * len(chunk)
-        done = 0
-        for images, image_sizes in loader:
-            # Sample each map right away: a shard's maps together would not fit in memory for real models.
-            for feature_map, (width, height) in zip(dense_map(encoder, images, block), image_sizes.tolist()):
-                rows_here = rows_of[paths[done]]
-                grid = keypoint_grid(np.array([chunk[r].keypoint for r in rows_here]), width, height)
-                for r, vector in zip(rows_here, sample_at_keypoints(feature_map, grid)):
-                    out[r] = vector
-                done += 1
-        return {column: torch.stack(out)}
+    def cut(gap: range) -> list[range]:
+        starts, images, previous = [], 0, None
+        for row in gap:
+            path = items[row].image_path
+            if path != previous:
+                images, previous = images + 1, path
+                if images > run.batch_size or not starts:
+                    starts.append(row)
+                    images = 1
+        return [range(a, b) for a, b in zip(starts, starts[1:] + [gap.stop])]
+
+    def compute(batches: list[range], missing_columns: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(_DenseBatches(view, batches), batch_size=None, shuffle=False,
+                                             num_workers=run.num_workers, pin_memory=_on_gpu(encoder))
+        for rows, (images, image_sizes, rows_of) in zip(batches, loader):
+            maps = backoff(lambda chunk: {"map": dense_map(encoder, chunk, block)}, images)["map"]
+            out: list = [None] * len(rows)
+            for feature_map, (width, height), offsets in zip(maps, image_sizes.tolist(), rows_of):
+                grid = keypoint_grid(np.array([items[rows[o]].keypoint for o in offsets]), width, height)
+                for offset, vector in zip(offsets, sample_at_keypoints(feature_map, grid)):
+                    out[offset] = vector
+            yield {column: torch.stack(out)}
 
     key = cache_key(encoder, view, block, protocol="dense") if run.cache else None
     return cached_extraction(len(items), [column], compute, cache_key=key, shard_size=shard_size,
-                             progress=not run.quiet, description="dense features")[column]
+                             cut=cut, progress=not run.quiet, description="dense features")[column]

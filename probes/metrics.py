@@ -13,7 +13,9 @@ moves at thresholds that hold positives, so this equals
 
 which needs, per query, one sort of the gallery scores and two binary searches -- no per-position
 cumulative arrays and no Python loop over queries. Work is done in chunks of queries against the whole
-gallery (on the GPU when the features are there), so no N x N matrix is ever held.
+gallery (on the GPU when the features are there), so no N x N matrix is ever held. Under torchrun the
+chunks are shared out over the ranks and the per-query values exchanged (``probes.distributed``): every
+rank gets the same numbers a single process computes.
 
 Self-match: when the queries are the gallery (part retrieval), the official code ranks each query against
 the whole database *including itself*, which counts as a positive (``include_self=True``). With
@@ -28,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from probes import distributed
 
 # A chunk of query rows holds about this many similarity values at once (float32 plus a few int64 temps).
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
@@ -85,17 +89,32 @@ def _similarity_chunks(query, q_labels, gallery, g_labels, same, include_self, c
 
     Queries are processed class by class, so that every row of a chunk has the same positives (the
     gallery items of that class). With the self-match excluded, the query's own column gets score -inf.
+    Under torchrun each rank takes the chunks in turn (chunk i on rank i mod world size), each against
+    the whole gallery; ``_merge_ranks`` then gives every rank every query's values.
     """
+    rank, size = distributed.world()
     rows = _chunk_rows(gallery.shape[0], chunk_size)
+    chunk = -1
     for label in torch.unique(q_labels).tolist():
         members = torch.nonzero(q_labels == label).flatten()
         positives = torch.nonzero(g_labels == label).flatten()
         for start in range(0, members.shape[0], rows):
+            chunk += 1
+            if chunk % size != rank:
+                continue
             idx = members[start:start + rows]
             sims = query[idx] @ gallery.T
             if same and not include_self:
                 sims[torch.arange(idx.shape[0], device=idx.device), idx] = -math.inf
             yield idx, sims, positives
+
+
+def _merge_ranks(*per_query: torch.Tensor) -> list[torch.Tensor]:
+    """Per-query values each rank filled for its own chunks (zeros elsewhere), summed over ranks: every
+    value is one rank's, exactly. Outside torchrun: the tensors as they are."""
+    if distributed.world()[1] == 1:
+        return list(per_query)
+    return [distributed.sum_rows(values) for values in per_query]
 
 
 def _ap_rows(sims: torch.Tensor, positives: torch.Tensor, engine: str = "auto") -> torch.Tensor:
@@ -177,11 +196,11 @@ def average_precision_per_query(query_features, query_labels, gallery_features=N
     """
     query, q_labels, gallery, g_labels, same = _setup(query_features, query_labels, gallery_features,
                                                       gallery_labels, include_self, device)
-    out = torch.empty(query.shape[0], dtype=torch.float64)
+    out = torch.zeros(query.shape[0], dtype=torch.float64)
     for idx, sims, positives in _similarity_chunks(query, q_labels, gallery, g_labels, same, include_self,
                                                    chunk_size):
         out[idx.cpu()] = _ap_rows(sims, positives, engine).cpu()
-    return out.numpy()
+    return _merge_ranks(out)[0].numpy()
 
 
 def _precision_at_k_rows(sims: torch.Tensor, relevant_column: torch.Tensor, ks: Sequence[int],
@@ -232,8 +251,8 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
                                                       gallery_labels, include_self, device)
     n_queries = query.shape[0]
     available = gallery.shape[0] - (1 if same and not include_self else 0)   # rankable items per query
-    ap = torch.empty(n_queries, dtype=torch.float64)
-    precision = {k: torch.empty(n_queries, dtype=torch.float64) for k in ks}
+    ap = torch.zeros(n_queries, dtype=torch.float64)
+    precision = {k: torch.zeros(n_queries, dtype=torch.float64) for k in ks}
     for idx, sims, positives in _similarity_chunks(query, q_labels, gallery, g_labels, same, include_self,
                                                    chunk_size):
         cpu_idx = idx.cpu()
@@ -244,6 +263,8 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
         relevant_column[positives] = True
         for k, values in _precision_at_k_rows(sims, relevant_column, ks, available).items():
             precision[k][cpu_idx] = values.cpu()
+    ap, *merged = _merge_ranks(ap, *precision.values())
+    precision = dict(zip(precision, merged))
     labels = q_labels.cpu().numpy()
     ap_np = ap.numpy()
     valid = ~np.isnan(ap_np)

@@ -78,21 +78,146 @@ def test_second_run_reads_the_cache_without_a_forward_pass():
     assert (folder_of(first, data) / "key.json").is_file()
 
 
-def test_interrupted_extraction_resumes_and_gives_identical_features():
+def test_interrupted_extraction_resumes_at_the_first_batch_not_written():
     data = Images(40, seed=1)
     reference = extract(build_baseline("colorstats"), data, ["cls", "patch_mean"],
                         run=RunOptions(batch_size=8, cache=False, quiet=True))
-    # Shards of 16 items = 2 batches of 8: shard 0 completes, shard 1 dies at its second batch.
+    # Shards of 16 items = 2 batches of 8: the run dies at its fourth batch (the second of shard 1).
     broken = Counting(build_baseline("colorstats"), fail_after=3)
     with pytest.raises(RuntimeError, match="simulated interruption"):
         extract(broken, data, ["cls", "patch_mean"], run=RUN, shard_size=16)
     folder = folder_of(broken, data)
-    assert sorted(p.name for p in (folder / "cls").iterdir()) == ["00000.pt"]   # no partial shard left behind
+    # Every finished batch is on disk, nothing else (no temporary file, no partial batch).
+    assert sorted(p.name for p in (folder / "cls").iterdir()) == [
+        "00000-part-000000000-000000008.pt", "00000-part-000000008-000000016.pt",
+        "00001-part-000000016-000000024.pt"]
     resumed = Counting(build_baseline("colorstats"))
     out = extract(resumed, data, ["cls", "patch_mean"], run=RUN, shard_size=16)
-    assert resumed.calls == 3                                   # shard 1 (2 batches) and shard 2 (1 batch) only
+    assert resumed.calls == 2                                   # items 24-31 and 32-39 only
     for name in ("cls", "patch_mean"):
         assert torch.equal(out[name], reference[name])
+    # The finished extraction is merged into one file per shard, the parts removed.
+    assert sorted(p.name for p in (folder / "cls").iterdir()) == ["00000.pt", "00001.pt", "00002.pt"]
+    again = Counting(build_baseline("colorstats"))
+    extract(again, data, ["cls", "patch_mean"], run=RUN, shard_size=16)
+    assert again.calls == 0
+
+
+def overwrite_rows(path, rows, value=7.0):
+    """Overwrite ``rows`` of the tensor stored in a cache file in place, on disk: the file stays a valid
+    torch file with the same layout (what a bad sector or a stray write does), only the numbers change."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+        width = torch.load(path, weights_only=True)["values"].shape[1]
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
+        start = info.header_offset + 30 + int(name_len) + int(extra_len)
+        for row in rows:
+            f.seek(start + row * width * 4)
+            f.write(np.full(width, value, dtype="<f4").tobytes())
+
+
+def test_a_shard_changed_on_disk_is_reported_and_recomputed(capfd):
+    data = Images(40, seed=3)
+    reference = extract(build_baseline("colorstats"), data, ["cls"], run=RUN, shard_size=16)
+    shard = folder_of(build_baseline("colorstats"), data) / "cls" / "00001.pt"
+    overwrite_rows(shard, [0, 3, 5, 6, 9])
+    assert not torch.equal(torch.load(shard, weights_only=True)["values"], reference["cls"][16:32])
+    capfd.readouterr()
+    again = Counting(build_baseline("colorstats"))
+    out = extract(again, data, ["cls"], run=RUN, shard_size=16)
+    assert f"{shard} does not match the digest written with it" in capfd.readouterr().err
+    assert again.calls == 2                                     # shard 1 only (2 batches of 8)
+    assert torch.equal(out["cls"], reference["cls"])
+    assert torch.equal(torch.load(shard, weights_only=True)["values"], reference["cls"][16:32])   # rewritten
+
+
+def test_a_truncated_batch_file_is_reported_and_recomputed(capfd):
+    data = Images(40, seed=4)
+    reference = extract(build_baseline("colorstats"), data, ["cls"], run=RunOptions(cache=False, quiet=True))
+    with pytest.raises(RuntimeError):
+        extract(Counting(build_baseline("colorstats"), fail_after=3), data, ["cls"], run=RUN, shard_size=16)
+    part = folder_of(build_baseline("colorstats"), data) / "cls" / "00000-part-000000008-000000016.pt"
+    part.write_bytes(part.read_bytes()[:100])
+    capfd.readouterr()
+    again = Counting(build_baseline("colorstats"))
+    out = extract(again, data, ["cls"], run=RUN, shard_size=16)
+    assert f"{part} cannot be read" in capfd.readouterr().err
+    assert again.calls == 3                                     # items 8-15, 24-31, 32-39
+    assert torch.equal(out["cls"], reference["cls"])
+
+
+def test_a_full_disk_keeps_the_batches_written_and_the_run_goes_on(monkeypatch, capfd):
+    import errno
+
+    import probes.features as features
+
+    data = Images(40, seed=5)
+    reference = extract(build_baseline("colorstats"), data, ["cls"], run=RunOptions(cache=False, quiet=True))
+    real_write, writes = features.write_bytes_atomic, []
+
+    def full_after_two(path, payload):
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        writes.append(path)
+        return real_write(path, payload)
+
+    monkeypatch.setattr(features, "write_bytes_atomic", full_after_two)
+    out = extract(build_baseline("colorstats"), data, ["cls"], run=RUN, shard_size=16)
+    assert torch.equal(out["cls"], reference["cls"])            # the run's numbers do not depend on the cache
+    err = capfd.readouterr().err
+    assert "cannot write" in err and "No space left on device" in err and err.count("cannot write") == 1
+    folder = folder_of(build_baseline("colorstats"), data)
+    assert sorted(p.name for p in (folder / "cls").iterdir()) == [
+        "00000-part-000000000-000000008.pt", "00000-part-000000008-000000016.pt"]
+    monkeypatch.setattr(features, "write_bytes_atomic", real_write)
+    again = Counting(build_baseline("colorstats"))
+    assert torch.equal(extract(again, data, ["cls"], run=RUN, shard_size=16)["cls"], reference["cls"])
+    assert again.calls == 3                                     # the two batches written are reused
+    assert "feature cache" not in capfd.readouterr().err
+
+
+def test_another_batch_size_reuses_what_is_cached():
+    data = Images(40, seed=6)
+    with pytest.raises(RuntimeError):
+        extract(Counting(build_baseline("colorstats"), fail_after=2), data, ["cls"], run=RUN, shard_size=16)
+    wider = Counting(build_baseline("colorstats"))
+    out = extract(wider, data, ["cls"], run=RunOptions(batch_size=32, quiet=True), shard_size=16)
+    assert wider.calls == 2                                     # shard 0 cached; shards 1 and 2 in one batch each
+    reference = extract(build_baseline("colorstats"), data, ["cls"], run=RunOptions(cache=False, quiet=True))
+    assert torch.equal(out["cls"], reference["cls"])
+
+
+class OutOfMemoryAbove(Counting):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit`` images."""
+
+    def __init__(self, encoder, limit):
+        super().__init__(encoder)
+        self.limit, self.sizes = limit, []
+
+    def extract(self, images, features, block=None):
+        self.sizes.append(images.shape[0])
+        if images.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().extract(images, features, block=block)
+
+
+def test_out_of_memory_halves_the_batch_and_notes_it():
+    import probes.features as features
+
+    data = Images(40, seed=7)
+    reference = extract(build_baseline("colorstats"), data, ["cls"], run=RunOptions(cache=False, quiet=True))
+    before = len(features.BACKOFFS)
+    encoder = OutOfMemoryAbove(build_baseline("colorstats"), limit=5)
+    out = extract(encoder, data, ["cls"], run=RunOptions(batch_size=16, quiet=True), description="test features")
+    assert torch.equal(out["cls"], reference["cls"])
+    assert encoder.sizes[:3] == [16, 8, 4] and max(encoder.sizes[3:]) == 4   # halved, then kept
+    assert features.BACKOFFS[before:] == [
+        "test features: CUDA out of memory at a forward batch of 16; extraction went on with batches of 8",
+        "test features: CUDA out of memory at a forward batch of 8; extraction went on with batches of 4"]
 
 
 def test_the_key_is_the_encoder_and_the_view():
@@ -195,3 +320,18 @@ def test_dense_extraction_samples_each_image_once_at_its_keypoints(tmp_path):
     expected = torch.tensor([[0.0, 0.0], [1.75, 1.75], [1.5, 1.5], [0.0, 3.0]])
     torch.testing.assert_close(values, expected, atol=1e-5, rtol=0)
     assert encoder.calls == 2                                   # one forward per distinct image
+
+
+def test_a_batch_size_reduced_for_memory_is_in_the_records(cub_root, tmp_path, monkeypatch, colorstats):
+    from probes import experiment, part_retrieval
+    from conftest import run_cli
+
+    monkeypatch.setattr(experiment, "load_encoder", lambda cfg: OutOfMemoryAbove(colorstats, limit=20))
+    records = run_cli(part_retrieval, "--model", "colorstats", "--dataset", "cub", "--data-root", cub_root,
+                      "--data-source", "synthetic", "--batch-size", "64", "--results", tmp_path, "--quiet")
+    note = "cub part features: CUDA out of memory at a forward batch of 64; extraction went on with batches of 32"
+    assert records and all(note in record.notes for record in records)
+    assert all(any("batches of 16" in n for n in record.notes) for record in records)
+    # Written with their digests recomputed: the leaderboard takes them.
+    from probes.results import RunRecord, iter_record_paths
+    assert sorted(RunRecord.load(p).notes == records[0].notes for p in iter_record_paths(tmp_path)) == [True, True]
