@@ -12,10 +12,11 @@ records it plots. Generated data is said so in the panel.
 
 * ``object_vs_part``: the paper's object/part pairs only, the same models on both sides, one panel per pair
   (Figure 6's shape): ADE20K-Object-59 vs ADE20K-Part-209 and Pascal-Object-16 vs Pascal-Part-193
-  segmentation (protocols.md §5.4; the same segmentation protocol on both sides), COCO object retrieval vs
-  COCO part retrieval and CIFAR-10 object retrieval vs CUB part retrieval, ImageNet or CIFAR-10
-  classification vs CUB / COCO part classification (the same probe on both sides). The two sides use the
-  same feature and agree on the settings both record (self-match, head, recipe, input size, data source).
+  segmentation (docs/protocols.md#object-vs-part-segmentation; the same segmentation protocol on both sides),
+  COCO object retrieval vs COCO part retrieval and CIFAR-10 object retrieval vs CUB part retrieval, ImageNet
+  or CIFAR-10 classification vs CUB / COCO part classification (the same probe on both sides). The two sides
+  use the same feature and agree on the settings both record (self-match, head, recipe, input size, data
+  source).
 * ``per_block``: metric versus block index (integer ticks) per model, one panel per task, metric, feature
   and protocol variant; a dotted line marks the model's final-output value.
 * ``published_vs_reproduced``: reproduced (y) against published (x) for every record with a published value,
@@ -64,9 +65,10 @@ STYLE = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labels
 MAX_PANELS = 6
 OBJECT_COLOUR, PART_COLOUR = "#9ecae1", "#08519c"
 
-# The paper's object/part pairs: (object-level task, part-level task). Segmentation: Figure 6 (protocols.md
-# §5.4), for each segmentation protocol; retrieval: the TMLR object retrieval (CIFAR-10, COCO) against part
-# retrieval; classification: ImageNet / CIFAR-10 against part classification, the same probe on both sides.
+# The paper's object/part pairs: (object-level task, part-level task). Segmentation: Figure 6
+# (docs/protocols.md#object-vs-part-segmentation), for each segmentation protocol; retrieval: the TMLR object
+# retrieval (CIFAR-10, COCO) against part retrieval; classification: ImageNet / CIFAR-10 against part
+# classification, the same probe on both sides.
 SEG_PAIRS = (("ade20k_object59", "ade20k_part209"), ("pascal_object16", "pascal_part193"))
 OBJECT_PART_PAIRS = tuple(
     [(f"{o}_{probe}", f"{p}_{probe}") for probe in ("linear_segmentation", "finetune_segmentation",

@@ -15,7 +15,8 @@ take the encoder's output tokens ``[B, T, D]`` and pool them with one learned qu
 Two things the references do that are easy to miss, both kept here:
 
 * PartAware and CAE call their `LP_BatchNorm` with ``is_train=True`` in every forward pass, evaluation
-  included, so test accuracy is computed with the statistics of each evaluation batch (spec §8 item 7).
+  included, so test accuracy is computed with the statistics of each evaluation batch
+  (docs/protocols.md#attentive-batchnorm-at-evaluation).
   ``bn_eval="batch"`` (default) keeps that; ``bn_eval="running"`` uses the running statistics instead.
 * CAE's `AttentiveBlock` accepts ``mlp_ratio`` but builds no MLP and adds no residual: in the code it is
   the same LayerNorm(q/k/v) + cross-attention as PartAware's `DecoderBlockSimple` (which PartAware copied

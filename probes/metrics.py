@@ -1,4 +1,5 @@
-"""Retrieval and kNN metrics over frozen features: exact AP, mAP, precision@k, DINO kNN (protocols.md §4.2).
+"""Retrieval and kNN metrics over frozen features: exact AP, mAP, precision@k, DINO kNN
+(docs/protocols.md#part-retrieval-metric, docs/protocols.md#knn).
 
 Everything here takes feature matrices and labels and returns plain numbers in [0, 1] (fractions; the
 scripts turn them into percentages for the result records). Similarities are cosine similarities: the

@@ -1,4 +1,5 @@
-"""The part-patch database: keypoint-centred square crops of CUB-200-2011 and COCO (protocols.md §4.1, §8.1).
+"""The part-patch database: keypoint-centred square crops of CUB-200-2011 and COCO
+(docs/protocols.md#part-patch-database, docs/protocols.md#official-part-retrieval-behaviour).
 
 Each part is its own image: a square crop centred on one keypoint, resized to the encoder's input size
 and encoded on its own. Which keypoints, which crop size and which filter are protocol choices where the
@@ -34,11 +35,13 @@ Crop variants (``crop``):
 
 Outside the image the crop is zero (black), as PIL's ``crop`` pads. The crop is then resized to the
 encoder's input size (``crop_size``; 224 for real models) with PIL's antialiased bicubic filter, which
-the official pipeline uses (a tensor bicubic resize moves per-query AP by up to 8e-3: §8.1 item 6).
+the official pipeline uses (a tensor bicubic resize moves per-query AP by up to 8e-3:
+docs/protocols.md#part-retrieval-crops).
 
-Order (§8.1 item 1). CUB: images in the order of their first visible target keypoint in part_locs.txt,
-within an image in file (= part id) order. COCO: images in the order of their first qualifying
-annotation in the JSON; within an image, annotations in JSON order, within a person keypoint order.
+Order (docs/protocols.md#official-part-retrieval-behaviour, item 1). CUB: images in the order of their first
+visible target keypoint in part_locs.txt, within an image in file (= part id) order. COCO: images in the
+order of their first qualifying annotation in the JSON; within an image, annotations in JSON order, within
+a person keypoint order.
 
 ``crop_shift`` (tests and audits): moves every box by ``crop_shift`` x its side in a random direction
 (one angle per crop from ``crop_shift_seed``). With 0.5, a planted part sits at the crop's edge; the AP of

@@ -1,4 +1,5 @@
-"""Published values of Zhu et al. (spec/protocols.md §9) as data, and the rule that says when one applies.
+"""Published values of Zhu et al. (docs/protocols.md#published-values) as data, and the rule that says when
+one applies.
 
 Every number below is copied from the ICLR 2023 submission text (OpenReview ``3tYvDb4dwab``), the only
 version whose tables were available; the TMLR camera-ready may differ. A published value is attached to
@@ -12,9 +13,10 @@ provenance string, which ``make_record`` copies into the record's ``published_so
 
 * Table 3 retrieval "Encoded" -> ``<cub|coco>_part_retrieval``, feature ``patch_mean``, metric ``AP``.
   Which feature "Encoded" is, is not stated; ``patch_mean`` is the official script's primary feature
-  (protocols.md §4.2, §7 ``retrieval_feature``). **``cls`` gets no published value**: comparing it with
-  the "Encoded" column would compare against a possibly different feature. "AP" is taken to be the mean
-  over queries (the script's ``AP``), not the class mean (``mAP``), which gets none either.
+  (docs/protocols.md#part-retrieval-metric, docs/protocols.md#protocol-options ``retrieval_feature``).
+  **``cls`` gets no published value**: comparing it with the "Encoded" column would compare against a
+  possibly different feature. "AP" is taken to be the mean over queries (the script's ``AP``), not the
+  class mean (``mAP``), which gets none either.
 * Table 3 retrieval "Projected" -> same tasks, feature ``projection`` (MoCo v3, DINO, iBOT only).
 * The retrieval protocol that matches is the official code's (the only executable reference for the
   published numbers): self-match included, ``official-code`` crop (about d/2 x d/2, 40 < d < 2000),
@@ -42,9 +44,9 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-SOURCE = "Zhu et al., ICLR 2023 submission (OpenReview 3tYvDb4dwab), copied in spec/protocols.md §9"
+SOURCE = "Zhu et al., ICLR 2023 submission (OpenReview 3tYvDb4dwab), copied in docs/protocols.md#published-values"
 
-# Suite alias -> the paper's row name. Only these checkpoints are the paper's models (protocols.md §1).
+# Suite alias -> the paper's row name. Only these checkpoints are the paper's models (docs/protocols.md#suite-aliases).
 PAPER_MODELS = {
     "deit": "DeiT", "mocov3": "MoCo v3", "dino": "DINO", "beit": "BEiT",
     "mae": "MAE", "cae": "CAE", "ibot": "iBOT",
@@ -105,7 +107,7 @@ TABLE4_PART_SEG = {
 # ---------------------------------------------------------------------------------------------------
 
 # Option -> the protocol keys that may carry it (the first one present is read). The suite's scripts
-# write the first name; the others are the spec's option names (protocols.md §7).
+# write the first name; the others are the spec's option names (docs/protocols.md#protocol-options).
 OPTION_KEYS = {
     "include_self": ("include_self", "retrieval_include_self", "self_match"),
     "crop": ("crop", "part_crop", "part_crop_side"),
@@ -155,60 +157,78 @@ class Requirement:
 
 _OFFICIAL_CODE = ("partaware",)
 _SELF_MATCH = Requirement("include_self", (True, "include", "included"), True, _OFFICIAL_CODE,
-                          "the official code keeps each query in its own gallery (protocols.md §8.2)")
+                          "the official code keeps each query in its own gallery "
+                          "(docs/protocols.md#self-match-in-the-gallery)")
 _CROP = Requirement("crop", ("official-code", "d/2"), True, _OFFICIAL_CODE,
-                    "the published numbers come from the official code's ~d/2 crop (protocols.md §4.1, §8.1)")
+                    "the published numbers come from the official code's ~d/2 crop "
+                    "(docs/protocols.md#distance-and-crop-size)")
 _KEYPOINTS = Requirement("keypoints", ("paper",), False, (), "the paper's 4 CUB / 3 COCO keypoints")
-_NORMALIZE = Requirement("normalize", ("imagenet",), False, (), "ImageNet mean/std for every model (§4.1)")
+_NORMALIZE = Requirement("normalize", ("imagenet",), False, (),
+                         "ImageNet mean/std for every model (docs/protocols.md#part-retrieval-crops)")
 _COCO_SCOPE = Requirement("coco_dist_scope", ("code_exact",), False, (),
                           "the official code pools the persons of an image with the annotation id as a third "
-                          "coordinate, which can change d when ids are close (§8.1 item 4)")
-_DIST_FILTER = Requirement("dist_filter", ("official",), False, (), "the official code keeps 40 < d < 2000 (§8.1)")
+                          "coordinate, which can change d when ids are close "
+                          "(docs/protocols.md#official-part-retrieval-behaviour item 4)")
+_DIST_FILTER = Requirement("dist_filter", ("official",), False, (), "the official code keeps 40 < d < 2000 "
+                           "(docs/protocols.md#official-part-retrieval-behaviour)")
 _NO_SHIFT = Requirement("crop_shift", (0, 0.0), False, (), "crops centred on their keypoint")
-_INPUT_224 = Requirement("input_size", (224,), False, (), "crops resized to 224 x 224 (§4.1)")
+_INPUT_224 = Requirement("input_size", (224,), False, (),
+                         "crops resized to 224 x 224 (docs/protocols.md#part-retrieval-crops)")
 _FP32 = Requirement("precision", ("fp32",), False, (),
                     "the official code ran in float32; bf16 autocast moves per-query AP by ~1e-3 to 1e-2")
 _BN_BATCH = Requirement("attentive_bn_eval", ("batch",), False, (),
-                        "the official attentive probe's BatchNorm uses batch statistics at evaluation (§8.7)")
+                        "the official attentive probe's BatchNorm uses batch statistics at evaluation "
+                        "(docs/protocols.md#attentive-batchnorm-at-evaluation)")
+_ATTENTIVE_HEAD_DOC = "docs/protocols.md#part-classification-attentive-head"
 _EVAL_BATCH_256 = Requirement("eval_batch_size", (256,), False, (),
-                              "those batch statistics come from evaluation batches of 256 (§4.3)")
-_ALL_TOKENS = Requirement("tokens", ("all",), False, (), "keys/values are all output tokens, CLS included (§4.3)")
-_TWELVE_HEADS = Requirement("num_heads", (12,), False, (), "12 attention heads in the attentive block (§4.3)")
+                              f"those batch statistics come from evaluation batches of 256 ({_ATTENTIVE_HEAD_DOC})")
+_ALL_TOKENS = Requirement("tokens", ("all",), False, (),
+                          f"keys/values are all output tokens, CLS included ({_ATTENTIVE_HEAD_DOC})")
+_TWELVE_HEADS = Requirement("num_heads", (12,), False, (),
+                            f"12 attention heads in the attentive block ({_ATTENTIVE_HEAD_DOC})")
 _MAE_SHUFFLE = Requirement("mae_token_shuffle", (True,), True, (),
-                           "the official MAE path shuffled tokens before the position embedding (§8.4); "
+                           "the official MAE path shuffled tokens before the position embedding "
+                           "(docs/protocols.md#mae-token-shuffle); "
                            "MAE numbers without that shuffle measure another forward pass")
 _DATA = Requirement("data_source", ("official",), False, (), "generated data never compares with the paper")
-_LINEAR_HEAD = Requirement("head", ("linear",), False, (), "Table 3 linear probe: Linear on CLS, no BatchNorm (§4.3)")
-_LINEAR_BN_HEAD = Requirement("head", ("linear-bn",), True, (), "Table 1: the CAE protocol, BatchNorm + Linear (§3.1)")
+_LINEAR_HEAD = Requirement("head", ("linear",), False, (), "Table 3 linear probe: Linear on CLS, no BatchNorm "
+                           "(docs/protocols.md#part-classification-linear-head)")
+_LINEAR_BN_HEAD = Requirement("head", ("linear-bn",), True, (),
+                              "Table 1: the CAE protocol, BatchNorm + Linear (docs/protocols.md#imagenet-probes)")
 _PARTAWARE_ATTENTIVE = Requirement("attentive_variant", ("partaware",), True, _OFFICIAL_CODE,
-                                   "Table 3 attentive probe: the official code's head (§4.3, §6.3)")
+                                   f"Table 3 attentive probe: the official code's head ({_ATTENTIVE_HEAD_DOC})")
 _CAE_ATTENTIVE = Requirement("attentive_variant", ("cae",), True, (),
-                             "Table 1 attentive probe: the CAE protocol (§3.1)")
-# Table 3 classification: the official patch_lincls.py recipe (protocols.md §4.3). A shortened or otherwise
-# changed schedule measures something else.
+                             "Table 1 attentive probe: the CAE protocol (docs/protocols.md#imagenet-probes)")
+# Table 3 classification: the official patch_lincls.py recipe. A shortened or otherwise changed schedule
+# measures something else.
+_RECIPE_DOC = "docs/protocols.md#part-classification-recipe"
 _PARTAWARE_RECIPE = (
-    Requirement("epochs", (90,), False, (), "90 epochs (§4.3)"),
-    Requirement("batch_size", (1024,), False, (), "batch 1024 (§4.3)"),
-    Requirement("optimizer", ("sgd",), False, (), "SGD, momentum 0.9 (§4.3)"),
-    Requirement("weight_decay", (0, 0.0), False, (), "no weight decay (§4.3)"),
+    Requirement("epochs", (90,), False, (), f"90 epochs ({_RECIPE_DOC})"),
+    Requirement("batch_size", (1024,), False, (), f"batch 1024 ({_RECIPE_DOC})"),
+    Requirement("optimizer", ("sgd",), False, (), f"SGD, momentum 0.9 ({_RECIPE_DOC})"),
+    Requirement("weight_decay", (0, 0.0), False, (), f"no weight decay ({_RECIPE_DOC})"),
 )
-_LINEAR_BASE_LR = Requirement("base_lr", (0.1,), False, (), "base lr 0.1 x batch/256 for the linear head (§4.3)")
+_LINEAR_BASE_LR = Requirement("base_lr", (0.1,), False, (),
+                              f"base lr 0.1 x batch/256 for the linear head ({_RECIPE_DOC})")
 _ATTENTIVE_BASE_LR = Requirement("base_lr", (0.01,), False, (), "base lr 0.01 x batch/256 for the attentive head")
-_CAE_EPOCHS = Requirement("epochs", (90,), False, (), "90 epochs, the CAE protocol (§3.1)")
-_SEG_LAYERS = Requirement("seg_layers", ([3, 5, 7, 11],), False, (), "official head on blocks [3,5,7,11] (§5.2)")
+_CAE_EPOCHS = Requirement("epochs", (90,), False, (), "90 epochs, the CAE protocol (docs/protocols.md#imagenet-probes)")
+_SEG_HEAD_DOC = "docs/protocols.md#segmentation-head"
+_SEG_LAYERS = Requirement("seg_layers", ([3, 5, 7, 11],), False, (),
+                          f"official head on blocks [3,5,7,11] ({_SEG_HEAD_DOC})")
 _SEG_UPSAMPLE = Requirement("seg_upsample", ("none",), False, (),
-                            "the official code has no 4x upsampling before the 1x1 conv (§5.2)")
-# The official segmentation recipe (§5.3): a shortened or otherwise changed schedule measures something else.
+                            f"the official code has no 4x upsampling before the 1x1 conv ({_SEG_HEAD_DOC})")
+# The official segmentation recipe: a shortened or otherwise changed schedule measures something else.
+_SEG_RECIPE_DOC = "docs/protocols.md#segmentation-training-and-inference"
 _SEG_RECIPE = (
-    Requirement("iters", (160_000,), False, (), "160k iterations (§5.3)"),
-    Requirement("batch_size", (16,), False, (), "batch 16 = 2 per GPU x 8 (§5.3)"),
-    Requirement("optimizer", ("adamw",), False, (), "AdamW (§5.3)"),
-    Requirement("lr", (4e-4,), False, (), "lr 4e-4 (§5.3)"),
-    Requirement("weight_decay", (0.05,), False, (), "weight decay 0.05 (§5.3)"),
-    Requirement("seg_final_norm", (False,), False, (), "block outputs before the final norm (§5.2)"),
-    Requirement("seg_aux_head", (True,), False, (), "the auxiliary FCN head on block 8 (§5.2)"),
+    Requirement("iters", (160_000,), False, (), f"160k iterations ({_SEG_RECIPE_DOC})"),
+    Requirement("batch_size", (16,), False, (), f"batch 16 = 2 per GPU x 8 ({_SEG_RECIPE_DOC})"),
+    Requirement("optimizer", ("adamw",), False, (), f"AdamW ({_SEG_RECIPE_DOC})"),
+    Requirement("lr", (4e-4,), False, (), f"lr 4e-4 ({_SEG_RECIPE_DOC})"),
+    Requirement("weight_decay", (0.05,), False, (), f"weight decay 0.05 ({_SEG_RECIPE_DOC})"),
+    Requirement("seg_final_norm", (False,), False, (), f"block outputs before the final norm ({_SEG_HEAD_DOC})"),
+    Requirement("seg_aux_head", (True,), False, (), f"the auxiliary FCN head on block 8 ({_SEG_HEAD_DOC})"),
     Requirement("train_augmentation", ("partaware",), False, (),
-                "resize 0.5-2, crop, flip, photometric distortion (§5.3)"),
+                f"resize 0.5-2, crop, flip, photometric distortion ({_SEG_RECIPE_DOC})"),
 )
 _SEG_CROP = {"ade20k": 512, "ade20k_part209": 512, "pascal_part193": 480, "lip19": 320}
 
@@ -234,7 +254,7 @@ class PublishedValue:
         return text + "".join(f"; {a}" for a in self.assumptions)
 
 
-_ENCODED_ASSUMPTION = ("'Encoded' taken as patch_mean (protocols.md §4.2, [inferred]); "
+_ENCODED_ASSUMPTION = ("'Encoded' taken as patch_mean (docs/protocols.md#part-retrieval-metric, [inferred]); "
                        "cls gets no published value")
 _AP_ASSUMPTION = "'AP' taken as the mean over queries (the official script's AP), not the class mean"
 _RETRIEVAL_PROTOCOL = "protocol: official code (self-match included, official-code crop, split all)"
@@ -242,8 +262,8 @@ _BEST_EPOCH = "best-epoch top-1 (the official script's best_acc1, [inferred])"
 _MAE_DRAWS = ("MAE: the official probe drew a new token permutation at every forward pass; the suite computes "
               "features once, so each crop keeps one permutation for all epochs [a known deviation]")
 _DINO_BRANCH = ("DINO weights: teacher or student is not stated for Table 3 (the official README says teacher, "
-                "the official script loads the student by default, protocols.md §8.5); compared with either, "
-                "the record's weights_branch says which ran")
+                "the official script loads the student by default, docs/protocols.md#dino-student-or-teacher); "
+                "compared with either, the record's weights_branch says which ran")
 
 
 def _build_table() -> tuple[PublishedValue, ...]:
@@ -290,7 +310,8 @@ def _build_table() -> tuple[PublishedValue, ...]:
                                      ("tokens",), attentive, (_CAE_ATTENTIVE, _CAE_EPOCHS, _DATA),
                                      assumptions=(_BEST_EPOCH, "CAE protocol")))
     def seg_reqs(dataset):
-        crop = Requirement("crop_size", (_SEG_CROP[dataset],), False, (), f"{_SEG_CROP[dataset]} px crops (§5.3)")
+        crop = Requirement("crop_size", (_SEG_CROP[dataset],), False, (),
+                           f"{_SEG_CROP[dataset]} px crops ({_SEG_RECIPE_DOC})")
         return (_SEG_LAYERS, _SEG_UPSAMPLE, _DATA, crop) + _SEG_RECIPE
     seg_note = "official segmentation head (blocks [3,5,7,11], no 4x upsampling); checkpoint choice not published"
     for model, triple in TABLE2_ADE20K.items():

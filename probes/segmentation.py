@@ -1,6 +1,6 @@
 """Part and object segmentation without a framework: datasets, the protocols as data, the dense kNN protocol.
 
-Zhu et al. Table 4 / Figure 6 (protocols.md §5). Three protocols:
+Zhu et al. Table 4 / Figure 6 (docs/protocols.md#linear-segmentation). Three protocols:
 
 * ``linear`` (preset ``partaware``, the official code): the frozen encoder's patch-token maps of blocks
   [3, 5, 7, 11] (before the final norm), concatenated, one 1x1 conv at stride 16, logits resized in the
@@ -36,13 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 
 IGNORE = 255
-# mmseg's (and the official configs') normalisation, in 0-255 pixel units, for every model (protocols.md §5.3).
+# mmseg's (and the official configs') normalisation, in 0-255 pixel units, for every model
+# (docs/protocols.md#segmentation-training-and-inference).
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 PAPER_ITERS = 160_000
 PAPER_LAYERS = (3, 5, 7, 11)          # blocks 4, 6, 8 and 12 of a 12-block ViT (0-based)
 AUX_INDEX = 2                          # the auxiliary FCN reads the third selected map: block 8 (in_index=2)
-# protocols.md §5.2: DINO and iBOT keep img_size 224 and interpolate position embeddings on the fly.
+# DINO and iBOT keep img_size 224 and interpolate position embeddings on the fly
+# (docs/protocols.md#segmentation-position-embeddings).
 ON_THE_FLY_POS_METHODS = ("DINO", "iBOT")
 PROTOCOLS = ("linear", "finetune", "dense")
 PROBE_NAMES = {"linear": "linear_segmentation", "finetune": "finetune_segmentation", "dense": "dense_segmentation"}
@@ -56,7 +58,7 @@ PROBE_NAMES = {"linear": "linear_segmentation", "finetune": "finetune_segmentati
 class SegDataset:
     name: str            # the record's dataset name
     num_classes: int
-    family: str          # which row of the training table (protocols.md §5.3): ade20k, pascal or lip
+    family: str          # table row: ade20k, pascal or lip (docs/protocols.md#segmentation-training-and-inference)
     labels: str          # how stored values become classes 0..N-1 and ignore (255); recorded
     pair: str | None     # the object (or part) set annotated on the same images, for Figure 6
     layout: str          # the reader of probes/data and its on-disk layout
@@ -349,7 +351,8 @@ def describe_encoder(model: str, format: str | None = None, arch: Any = None, br
 
 
 def backbone_arch(spec: EncoderSpec, crop_size: int, drop_path: float = 0.0) -> dict | None:
-    """The architecture the segmentation backbone is built with, by each method's rule (protocols.md §5.2).
+    """The architecture the segmentation backbone is built with, by each method's rule
+    (docs/protocols.md#segmentation-position-embeddings).
 
     DINO and iBOT keep their input size and interpolate the position table on the fly (timm's
     ``dynamic_img_size``); every other ViT is built at the crop size, where the zoo interpolates a learned
@@ -484,7 +487,8 @@ class SegProtocol:
     augmentation: str = "partaware"         # partaware (resize 0.5-2, crop, flip, photometric) or none
     ratio_range: tuple = (0.5, 2.0)
     cat_max_ratio: float = 0.75
-    crop_size: int | None = None            # None: the dataset's (protocols.md §5.3)
+    # crop_size None: the dataset's (docs/protocols.md#segmentation-training-and-inference)
+    crop_size: int | None = None
     train_scale: tuple | None = None
     test_scale: tuple | None = None
     slide_stride: int | None = None

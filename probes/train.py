@@ -82,7 +82,8 @@ SCHEDULES = ("cosine-epoch", "cosine-iter-mae", "cosine-iter-beit", "cosine-iter
 PRESETS: dict[str, Recipe] = {
     # patch_lincls.py: SGD(init_lr = args.lr * batch / 256, momentum 0.9, wd 0); adjust_learning_rate once per
     # epoch: init_lr * 0.5 * (1 + cos(pi * epoch / epochs)); batch 1024; val loader batch 256.
-    # base_lr is 0.1 for the linear head (command.sh) and 0.01 for the attentive head (spec §4.3).
+    # base_lr is 0.1 for the linear head (command.sh) and 0.01 for the attentive head
+    # (docs/protocols.md#part-classification-recipe).
     "partaware": Recipe(name="partaware", optimizer="sgd", lr_scaling="linear", base_lr=0.1,
                         schedule="cosine-epoch", epochs=90, batch_size=1024, eval_batch_size=256,
                         source="JiePKU/understand-ssl-part-aware retrieval-classification/patch_lincls.py"),
@@ -112,7 +113,7 @@ PRESETS: dict[str, Recipe] = {
                     source="facebookresearch/jepa evals/image_classification_frozen/eval.py, configs/evals/vitl16_in1k.yaml"),
 }
 
-# The PartAware base learning rates differ by head family (command.sh / spec §4.3).
+# The PartAware base learning rates differ by head family (command.sh / docs/protocols.md#part-classification-recipe).
 PARTAWARE_BASE_LR = {"linear": 0.1, "attentive": 0.01}
 
 

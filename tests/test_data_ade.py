@@ -1,7 +1,8 @@
 """ADE20K readers (SceneParsing, full release) against the real samples, and their generators.
 
-Expected values are typed from spec/datasets.md §4-§5 and samples/README.md, never computed by the code
-under test. Each large sample PNG is decoded once per module (fixtures below).
+Expected values are typed from docs/datasets.md#ade20k-sceneparsing, docs/datasets.md#ade20k-full-release
+and samples/README.md, never computed by the code under test. Each large sample PNG is decoded once per
+module (fixtures below).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from probes.data.errors import DatasetFormatError
 STREET = "ade20k_full/ADE20K_2021_17_01/images/ADE/training/urban/street"
 SCENEPARSING = "ade20k_full/sceneparsing"
 
-# spec/datasets.md §5.8: (classes, instances) per level, and the class lists of the README.
+# docs/datasets.md#ade20k-real-samples: (classes, instances) per level, and the class lists of the README.
 SPEC_TABLE = {
     "ADE_train_00016869": {
         "size": (2048, 1536), "objects per level": (51, 14, 5),
@@ -139,7 +140,8 @@ INSTANCES_16869 = {0: (2836, 0, True), 4: (401, 0, True), 6: (64, 0, False), 54:
 def test_instance_masks_are_amodal_and_point_at_their_level_region(decoded):
     """The 255 pixels of an instance PNG are its region in _seg/_parts_L, except that an object's _seg region
     also takes in its own parts where they stick out of it (the PNG marks those 128): true of the car (id 4)
-    and the traffic light (id 68) whose housing sticks out. spec §5.3 says "coincides exactly"."""
+    and the traffic light (id 68) whose housing sticks out. The source notes said
+    "coincides exactly" (docs/datasets.md#ade20k-instance-masks-and-level-masks)."""
     image, annotation, levels, _ = decoded["ADE_train_00016869"]
     objects = annotation.by_id()
     for obj_id, (name_ndx, level, has_occluded) in INSTANCES_16869.items():

@@ -2,7 +2,8 @@
 
 The round trip converts a generated full release and compares with the labels the generator planted from
 hand-typed part names (probes/data/ade20k_synth.py); the real-sample test compares with part sets derived
-by hand from samples/README.md and the mapping entries quoted in spec/datasets.md §6.1 / Appendix C.
+by hand from samples/README.md and the mapping entries quoted in docs/datasets.md#ade20k-part-234 and
+docs/datasets.md#ade20k-part-234-parts.
 """
 from __future__ import annotations
 

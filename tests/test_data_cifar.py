@@ -1,6 +1,6 @@
 """CIFAR-10: the generator writes Python-2 style pickles; our reader and torchvision's agree on them.
 
-References: spec/datasets.md section 1 (keys, shapes, planar layout, label order, the latin1/bytes
+References: docs/datasets.md#cifar-10 (keys, shapes, planar layout, label order, the latin1/bytes
 behaviour of the real files), the stdlib pickle/pickletools, and torchvision's CIFAR10 reader.
 """
 from __future__ import annotations

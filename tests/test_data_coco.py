@@ -1,6 +1,6 @@
 """COCO 2017: generated files are what pycocotools and the spec expect; the readers keep JSON order.
 
-Independent references: pycocotools (loading, RLE decoding, loadRes) and spec/datasets.md section 2
+Independent references: pycocotools (loading, RLE decoding, loadRes) and docs/datasets.md#coco-2017
 (category ids, keypoint names, skeleton, visibility rules).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CUB-200-2011: the generator writes the official format, the reader reads it, bad input fails clearly.
 
-Expected values come from spec/datasets.md section 3 (file formats, the 15 part names) and from the
+Expected values come from docs/datasets.md#cub-200-2011 (file formats, the 15 part names) and from the
 planted-part rule of docs/CONTRACTS.md, recomputed here from the annotation files.
 """
 from __future__ import annotations

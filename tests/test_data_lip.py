@@ -1,6 +1,6 @@
 """LIP: official zip layout and the prepared flat tree read the same; label values are validated.
 
-Reference values: spec/datasets.md section 8 (20 labels, 0 = Background, folder and id-list names).
+Reference values: docs/datasets.md#lip (20 labels, 0 = Background, folder and id-list names).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The authors' mmseg layouts: presets, reduce_zero_label, generated data, the LIP -> lip-19 converter.
 
-References: protocols.md 5.1 (class counts 209/59/193/16/19 and the named 59/16/19 lists), datasets.md
-6.2/7.4/8 (folders), and mmseg's reduce_zero_label rule, worked out by hand below.
+References: docs/protocols.md#segmentation-class-sets (class counts 209/59/193/16/19 and the named
+59/16/19 lists), docs/datasets.md#ade20k-part-209, docs/datasets.md#pascal-part-193-and-pascal-object-16 and
+docs/datasets.md#lip (folders), and mmseg's reduce_zero_label rule, worked out by hand below.
 """
 from __future__ import annotations
 

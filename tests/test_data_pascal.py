@@ -1,7 +1,8 @@
 """Pascal-Part: the .mat reader on the real samples, the 58/108/116 groupings, the converter and the generators.
 
-Expected values come from samples/README.md §3 and the class lists and grouping rules of spec/datasets.md
-§7; the round trip compares the converter with labels the generator planted from hand-typed names.
+Expected values come from samples/README.md §3 and the class lists and grouping rules of
+docs/datasets.md#pascal-part; the round trip compares the converter with labels the generator planted from
+hand-typed names.
 """
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def _label(variant: int, cls: str, raw: str) -> str | None:
 
 
 def test_grouping_rules_stated_in_the_spec():
-    # 58: stern = stern + tail, left/right and sub-parts grouped, train a whole-object class (§7.2).
+    # 58: stern = stern + tail, left/right and sub-parts grouped, train a whole-object class
+    # (docs/datasets.md#pascal-part-58-and-pascal-part-108).
     assert _label(58, "aeroplane", "tail") == "aeroplane_stern"
     assert _label(58, "person", "lhand") == "person_larm" and _label(58, "person", "ruleg") == "person_uleg"
     assert _label(58, "train", "coach") == "train" and _label(58, "car", "fliplate") == "car_plate"

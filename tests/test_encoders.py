@@ -181,7 +181,8 @@ def test_cuda_bf16_autocast_stays_close_to_cpu_fp32(shared):
 
 
 def test_mae_token_shuffle_reproduces_the_official_bug_and_switches_off(shared):
-    """protocols.md §8.4: patch tokens permuted per image before the position embedding, nothing else."""
+    """docs/protocols.md#mae-token-shuffle: patch tokens permuted per image before the position embedding,
+    nothing else."""
     path, arch, x = golden(shared, "mae_encoder")
     expected = torch.load(path.parent / "expected.pt", weights_only=True)["tokens"]
     enc = load_encoder(path, format="mae", arch=arch, device="cpu")
@@ -200,7 +201,8 @@ def test_mae_token_shuffle_reproduces_the_official_bug_and_switches_off(shared):
 
 
 def test_student_branch_of_a_full_checkpoint_reproduces_the_original_student(shared):
-    """protocols.md §8.5: the official retrieval code loaded DINO's student; branch='student' gives exactly it."""
+    """docs/protocols.md#dino-student-or-teacher: the official retrieval code loaded DINO's student;
+    branch='student' gives exactly it."""
     path, arch, x = golden(shared, "dino_vit_full")
     expected = torch.load(path.parent / "expected.pt", weights_only=True)["student"]
     student = load_encoder(path, format="dino_full", arch=arch, device="cpu", branch="student")

@@ -139,7 +139,8 @@ def test_classification_metric_mapping_and_protocols():
 
 
 def test_mae_compares_only_with_the_official_token_shuffle():
-    """protocols.md §8.4: Table 3's MAE numbers come from a forward pass with shuffled patch tokens."""
+    """docs/protocols.md#mae-token-shuffle: Table 3's MAE numbers come from a forward pass with shuffled
+    patch tokens."""
     assert values("cub_part_retrieval", "mae", "patch_mean", {**OFFICIAL, "mae_token_shuffle": True}) == {"AP": 28.5}
     assert values("cub_part_retrieval", "mae", "patch_mean", {**OFFICIAL, "mae_token_shuffle": False}) == {}
     assert values("cub_part_retrieval", "mae", "patch_mean", OFFICIAL) == {}        # not recorded: no claim

@@ -1,6 +1,7 @@
-"""Segmentation without training: the generated configuration against protocols.md §5.2-5.3 field by field,
-the class sets read through the probes.data readers, mmseg's IoUMetric on hand-made predictions, the
-backbone, and the training-free dense kNN protocol on generated data with planted part masks."""
+"""Segmentation without training: the generated configuration against docs/protocols.md#segmentation-head
+and docs/protocols.md#segmentation-training-and-inference field by field, the class sets read through the
+probes.data readers, mmseg's IoUMetric on hand-made predictions, the backbone, and the training-free dense
+kNN protocol on generated data with planted part masks."""
 from __future__ import annotations
 
 import json
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ the configuration
-# protocols.md §5.3 typed from the spec: dataset -> (classes, train img_scale, crop, test resize, stride).
+# docs/protocols.md#segmentation-training-and-inference typed by hand:
+# dataset -> (classes, train img_scale, crop, test resize, stride).
 SPEC_TABLE = {"ade20k_part209": (209, (2048, 512), 512, (2048, 512), 341),
               "pascal_part193": (193, (520, 520), 480, (3840, 480), 161),
               "lip19": (19, (1024, 320), 320, (4096, 320), 161)}

@@ -20,8 +20,8 @@ from probes.results import iter_record_paths, make_record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# The paper's Table 3 columns as the suite names them (protocols.md §9, probes/published.py docstring), written
-# out by hand: (task, feature, metric) -> column.
+# The paper's Table 3 columns as the suite names them (docs/protocols.md#published-values, probes/published.py
+# docstring), written out by hand: (task, feature, metric) -> column.
 TABLE3 = {("cub_part_retrieval", "patch_mean", "AP"): "Retrieval CUB Encoded",
           ("cub_part_retrieval", "projection", "AP"): "Retrieval CUB Projected",
           ("coco_part_retrieval", "patch_mean", "AP"): "Retrieval COCO Encoded",

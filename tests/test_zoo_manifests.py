@@ -58,7 +58,7 @@ MANIFESTS = {
 }
 # Registry entries whose manifest only stands in for theirs (see the comments above): skip the URL check.
 STAND_IN = {"beit_base16_in1k_800ep_authors", "cae_vit_base16_300ep", "cae_vit_base16_800ep"}
-PROTOCOL_ALIASES = {  # protocols.md section 1
+PROTOCOL_ALIASES = {  # docs/protocols.md#suite-aliases
     "deit": "deit_base_patch16_224", "mocov3": "mocov3_vit_base_300ep", "dino": "dino_vit_base16_full",
     "ibot": "ibot_vit_base16_randmask", "beit": "beit_base16_in1k_800ep_authors", "mae": "mae_vit_base16",
     "cae": "cae_vit_base16_1600ep", "mec": "mec_resnet50_100ep", "carp": "carp_resnet50_400ep_mc",
@@ -91,7 +91,7 @@ def test_entry_full_size_layout_loads_strictly(shared, name, tmp_path):
     path = tmp_path / MANIFESTS[name]
     torch.save(fake_checkpoint(m), path)
     obj = load_checkpoint(path)
-    assert detect_format(obj) == entry.format  # section 7 heuristics recognise the real layout
+    assert detect_format(obj) == entry.format  # docs/checkpoints.md#format-detection recognises the real layout
     loaded = load_model(obj, entry.format, entry.arch, where=name, device="meta")
     assert loaded.arch.model == entry.arch.model
     if heads_of(loaded.model) is not None:  # head_dim 64, except MoCo v3 / CAE ViT-S (12 heads of 32)

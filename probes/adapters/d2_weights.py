@@ -3,8 +3,8 @@
 detectron2's own converter (tools/convert-torchvision-to-d2.py) renames ``conv1 / bn1`` to the stem,
 ``layerN`` to ``res(N+1)``, ``bnK`` to ``convK.norm`` and ``downsample.0 / .1`` to ``shortcut(.norm)``;
 the classifier ``fc`` has no place in a detector. This module does the same renaming, by whole names
-rather than by suffix matching (which misses most keys, spec/frameworks.md), and refuses any key it
-does not know. torchvision puts the stride in the 3x3 conv, so detectron2 must be built with
+rather than by suffix matching (which misses most keys when detectron2 is given torchvision names), and
+refuses any key it does not know. torchvision puts the stride in the 3x3 conv, so detectron2 must be built with
 ``stride_in_1x1=False``; its input is RGB in 0-255 with the ImageNet mean and std times 255.
 """
 from __future__ import annotations

@@ -52,7 +52,8 @@ TIMING = "timing.json"
 
 
 class PartprobeUpsampledFCNHead(FCNHead):
-    """The paper's wording (§3.2): 4x bilinear interpolation of the concatenated maps, then the 1x1 conv."""
+    """The paper's wording (docs/protocols.md#linear-segmentation): 4x bilinear interpolation of the
+    concatenated maps, then the 1x1 conv."""
 
     def _forward_feature(self, inputs):
         x = self._transform_inputs(inputs)

@@ -1,12 +1,12 @@
 """ADE20K: the SceneParsing benchmark (ADEChallengeData2016, 150 classes) and the full release (2021_17_01).
 
-SceneParsing (`spec/datasets.md` §4)::
+SceneParsing (docs/datasets.md#ade20k-sceneparsing)::
 
     ADEChallengeData2016/images/{training,validation}/ADE_*.jpg
                         annotations/{training,validation}/ADE_*.png   mode L, 0 = other (ignored), 1..150
                         objectInfo150.txt                              Idx Ratio Train Val Name (tab separated)
 
-Full release (§5)::
+Full release (docs/datasets.md#ade20k-full-release)::
 
     ADE20K_2021_17_01/images/ADE/<split>/<scene group>/<scene>/ADE_train_00016869.jpg
         .json            per-image objects and parts (mixed scalar/list field shapes)
@@ -47,7 +47,7 @@ _RESOURCES = Path(__file__).with_name("resources")
 
 @functools.lru_cache(maxsize=1)
 def class_lists() -> dict:
-    """The machine-readable class lists of `spec/class_lists.json` (a verbatim copy ships with the package).
+    """The machine-readable class lists (docs/datasets.md#class-lists), shipped as `resources/class_lists.json`.
 
     Shared, read once: callers must not modify the lists."""
     with open(_RESOURCES / "class_lists.json", "r", encoding="utf-8") as handle:

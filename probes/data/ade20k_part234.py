@@ -1,6 +1,6 @@
 """ADE20K-Part-234 (OV-PARTS): 234 named parts of 44 object classes, read from or built out of the full release.
 
-Layout written and read (`spec/datasets.md` §6.1; the code path of OV-PARTS, not its README drawing)::
+Layout written and read (docs/datasets.md#ade20k-part-234; the code path of OV-PARTS, not its README drawing)::
 
     ADE20KPart234/images/{training,validation}/<stem>.jpg
                   annotations_detectron2_part/{training,validation}/<stem>.png   16-bit, 0..233, 65535 = ignore

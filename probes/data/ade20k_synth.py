@@ -3,7 +3,7 @@
 `synth_ade20k_full` and `synth_ade20k_part234` draw the same hand-placed scenes (same seed, same pixels),
 the first as the raw full release (RGB-encoded masks, JSON with the mixed field shapes, amodal instance
 PNGs, nested folders), the second as the OV-PARTS layout holding the labels the scenes were built to have.
-The expected part and object names below are typed by hand from `spec/datasets.md` Appendix C (not taken
+The expected part and object names below are typed by hand from docs/datasets.md#ade20k-part-234-parts (not taken
 from the converter's mapping), so converting the first and comparing with the second tests the converter
 against an independent statement of what each planted part is.
 

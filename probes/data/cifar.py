@@ -1,4 +1,4 @@
-"""CIFAR-10, python version (datasets.md section 1), read with our own loader.
+"""CIFAR-10, python version (docs/datasets.md#cifar-10), read with our own loader.
 
     cifar-10-batches-py/data_batch_1 .. data_batch_5, test_batch, batches.meta
 

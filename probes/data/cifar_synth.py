@@ -1,11 +1,12 @@
 """A small CIFAR-10 written as Python-2 pickles, like the real cifar-10-batches-py.
 
 Python 3's pickle writes str as unicode, so a fake made with pickle.dump has str keys even under
-encoding='bytes' and breaks code that indexes d[b'data'] (datasets.md section 1). `py2_pickle` emits the
-opcodes a Python 2 cPickle.dump(obj, f, 2) produces for these types: str as BINSTRING and numpy arrays
-through numpy.core.multiarray._reconstruct with dtype('u1', 0, 1) and state (3, '|', None, None, None,
--1, -1, 0). Loaded with encoding='latin1' it gives str keys, with encoding='bytes' bytes keys, and the
-same arrays either way. (Memo opcodes, which cPickle also writes, are left out: they only save space.)
+encoding='bytes' and breaks code that indexes d[b'data'] (docs/datasets.md#cifar-10-loading-notes).
+`py2_pickle` emits the opcodes a Python 2 cPickle.dump(obj, f, 2) produces for these types: str as
+BINSTRING and numpy arrays through numpy.core.multiarray._reconstruct with dtype('u1', 0, 1) and state
+(3, '|', None, None, None, -1, -1, 0). Loaded with encoding='latin1' it gives str keys, with
+encoding='bytes' bytes keys, and the same arrays either way. (Memo opcodes, which cPickle also writes,
+are left out: they only save space.)
 
 Images: class c is stripes of CLASS_COLOURS[c] at angle STRIPE_ANGLES[c] and period STRIPE_PERIODS[c],
 at a random phase and brightness, plus per-pixel noise: same-class retrieval is easy but not trivial.

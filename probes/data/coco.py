@@ -1,4 +1,4 @@
-"""COCO 2017 instances and person keypoints, read through pycocotools (datasets.md section 2).
+"""COCO 2017 instances and person keypoints, read through pycocotools (docs/datasets.md#coco-2017).
 
     <root>/annotations/instances_{train,val}2017.json
     <root>/annotations/person_keypoints_{train,val}2017.json

@@ -1,4 +1,4 @@
-"""CUB-200-2011 in its official layout (datasets.md section 3).
+"""CUB-200-2011 in its official layout (docs/datasets.md#cub-200-2011).
 
     CUB_200_2011/images.txt              <image_id> <class_dir>/<file>.jpg
                  image_class_labels.txt  <image_id> <class_id>

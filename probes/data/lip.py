@@ -1,4 +1,4 @@
-"""LIP (Look Into Person) single-person parsing, 20 labels with 0 = Background (datasets.md section 8).
+"""LIP (Look Into Person) single-person parsing, 20 labels with 0 = Background (docs/datasets.md#lip).
 
 Two layouts are read:
   * the unpacked official zips:

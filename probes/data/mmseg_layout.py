@@ -1,4 +1,5 @@
-"""The paper authors' preprocessed segmentation data (mmseg CustomDataset layout; datasets.md 6.2, 7.4, 8).
+"""The paper authors' preprocessed segmentation data (mmseg CustomDataset layout;
+docs/datasets.md#ade20k-part-209, docs/datasets.md#pascal-part-193-and-pascal-object-16, docs/datasets.md#lip).
 
     <root>/img/{train,val}/<stem>.jpg      <root>/ann/{train,val}/<stem>.png
     (ADE20K-Object-59 instead uses ADEChallengeData2016's images/{training,validation}, annotations/...)
@@ -44,7 +45,9 @@ class Preset:
     class_names: tuple
     image_dirs: dict            # split ("train"/"val") -> folder under the root
     label_dirs: dict
-    crop_size: int              # training settings of the official configs (protocols.md 5.3)
+    # crop_size, train_scale, test_scale, slide_stride: the settings of the official configs
+    # (docs/protocols.md#segmentation-training-and-inference)
+    crop_size: int
     train_scale: tuple
     test_scale: tuple
     slide_stride: int

@@ -1,6 +1,6 @@
 """Pascal-Part (Chen et al., CVPR 2014): the original `.mat` release and the 58 / 108 / 116-part label sets.
 
-Original release (`spec/datasets.md` §7.1)::
+Original release (docs/datasets.md#pascal-part-original-release)::
 
     Annotations_Part/<imname>.mat      one struct `anno`: imname, objects(k).class / class_ind / mask / parts(j)
     VOCdevkit/VOC2010/JPEGImages/<imname>.jpg          (images come from PASCAL VOC 2010)
@@ -14,12 +14,14 @@ classes; the named sets below are groupings of those.
 
 Derived sets written by `prepare`:
 
-* Pascal-Part-116 (OV-PARTS, §7.3): `PascalPart116/` with 8-bit part maps 0..115 and object maps 0..19,
-  255 = background / ignore, plus `*_label_count.json` side files.
-* Pascal-Part-58 and -108 (BSANet/GMNet, §7.2): `PascalPartGMNet/` with `label58/gray/all/`,
-  `label108/gray/all/` (0 = background, 255 = ignore) and `label21/gray/all/` (VOC 0..20).
-* Pascal-Object-16 (the TMLR paper's object set, §7.4): `PascalObject16/` in the mmseg `img/`, `ann/`
-  layout (0 = background or one of the four classes without parts, 1..16).
+* Pascal-Part-116 (OV-PARTS, docs/datasets.md#pascal-part-116): `PascalPart116/` with 8-bit part maps
+  0..115 and object maps 0..19, 255 = background / ignore, plus `*_label_count.json` side files.
+* Pascal-Part-58 and -108 (BSANet/GMNet, docs/datasets.md#pascal-part-58-and-pascal-part-108):
+  `PascalPartGMNet/` with `label58/gray/all/`, `label108/gray/all/` (0 = background, 255 = ignore) and
+  `label21/gray/all/` (VOC 0..20).
+* Pascal-Object-16 (the TMLR paper's object set, docs/datasets.md#pascal-part-193-and-pascal-object-16):
+  `PascalObject16/` in the mmseg `img/`, `ann/` layout (0 = background or one of the four classes without
+  parts, 1..16).
 """
 from __future__ import annotations
 

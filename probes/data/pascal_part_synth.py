@@ -1,11 +1,11 @@
 """Small Pascal-Part datasets: the original `.mat` release with VOC images, and the derived 58/108/116 sets.
 
 `synth_pascal_part` writes `Annotations_Part/*.mat` (compressed MATLAB 5 files built with the recipe of
-`spec/datasets.md` §7.1) plus `VOCdevkit/VOC2010/{JPEGImages,ImageSets/Main}`; `synth_pascal_part_derived`
-writes the same scenes as the prepared layouts (PascalPart116/, PascalPartGMNet/, PascalObject16/) with the
-labels the scenes were planted with. The planted labels come from EXPECTED below, typed by hand from the
-spec's class lists, not from the converter's grouping tables, so converting the first and comparing with
-the second checks the converter against an independent statement of each part's class.
+docs/datasets.md#pascal-part-original-release) plus `VOCdevkit/VOC2010/{JPEGImages,ImageSets/Main}`;
+`synth_pascal_part_derived` writes the same scenes as the prepared layouts (PascalPart116/, PascalPartGMNet/,
+PascalObject16/) with the labels the scenes were planted with. The planted labels come from EXPECTED below,
+typed by hand from the spec's class lists, not from the converter's grouping tables, so converting the first
+and comparing with the second checks the converter against an independent statement of each part's class.
 
 Images: pixels of a part get the colour of its 116-class label, other object pixels the object's colour,
 the rest uniform noise in [80, 176]; the colours are `distinct_colours`, far enough apart to tell apart.
@@ -201,7 +201,8 @@ def _rendered(seed: int) -> list[RenderedPascal]:
 
 
 def _write_mat(path: Path, rendered: RenderedPascal) -> None:
-    """The recipe of spec §7.1: nested structured arrays of objects, then a compressed MATLAB 5 file."""
+    """The recipe of docs/datasets.md#pascal-part-original-release: nested structured arrays of objects, then
+    a compressed MATLAB 5 file."""
     part_dtype = [("part_name", "O"), ("mask", "O")]
     object_dtype = [("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")]
     voc = class_lists()["pp116_obj"]

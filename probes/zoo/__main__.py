@@ -189,8 +189,8 @@ def cmd_verify(args) -> None:
                                    if removed else "no recorded hash to forget") + f" in {lock_path()}")
     sha256, md5 = file_hashes(path, md5=bool(entry.md5_prefix))
     check_hashes(entry, path, sha256, md5)
-    # The container layouts of several releases are inferred (checkpoints.md); check this one for real, on the
-    # meta device so that nothing is allocated, and only then trust the hash.
+    # The container layouts of several releases are inferred (docs/checkpoints.md#evidence); check this one
+    # for real, on the meta device so that nothing is allocated, and only then trust the hash.
     loaded = check_layout(entry, path)
     record = lock_record(entry)
     if not record or record.get("sha256") != sha256 or record.get("mtime_ns") != path.stat().st_mtime_ns:

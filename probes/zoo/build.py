@@ -198,7 +198,7 @@ def resolve_arch(arch: Arch | None, sd: Mapping[str, torch.Tensor], fmt: str, wh
                  input_size: int | None = None) -> Arch:
     """The architecture to build: ``arch`` (or what the tensors determine) with ``overrides`` on top, the head
     count from the method's rule (``rules``: the format whose method decides, default ``fmt``), and the
-    input size. Shapes cannot tell heads apart (checkpoints.md section 8.1), so a head count that disagrees
+    input size. Shapes cannot tell heads apart (docs/checkpoints.md#head-counts), so a head count that disagrees
     with the rule is refused unless ``force_heads``."""
     overrides = dict(overrides or {})
     arch = arch or infer_arch(sd, fmt, where, given=overrides)

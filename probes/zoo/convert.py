@@ -4,7 +4,7 @@ Each converter is named by its format's entry in ``probes.zoo.formats.FORMATS``;
 ``probes.zoo.formats.convert(obj, format)`` returns ``(state_dict, projection_state or None)``. ``obj`` is what
 ``load_checkpoint`` read from the file. The state dict has timm's key names for the registry's target
 class (``VisionTransformer``, ``Beit`` for BEiT, ``ResNet``); the projection state is the head's own
-state dict with weight-norm already folded. Rules: checkpoints.md section 4.2 and golden/README.md.
+state dict with weight-norm already folded. Rules: docs/checkpoints.md#conversion-rules and golden/README.md.
 
 Everything is done here, before timm sees the keys: timm's own ``checkpoint_filter_fn`` misroutes
 some of these layouts (a top-level ``mask_token`` is taken for DINOv2, an ``encoder`` key for I-JEPA).

@@ -7,7 +7,7 @@ table, and the predicate that recognises its layout. Adding a format is one conv
 ``probes/zoo/convert.py`` plus one entry in :data:`FORMATS`.
 
 Detection (:func:`detect_format`) tries the predicates in the order of :data:`FORMATS` and takes the
-first that holds (checkpoints.md section 7, made per format):
+first that holds (docs/checkpoints.md#format-detection, made per format):
 
  1. ``carp``        ``teacher`` + ``student``; a ResNet teacher whose head has BatchNorm (CARPHead)
  2. ``ibot_full``   ``teacher`` + ``student``; ViT, and an iBOT head (``last_layer2``) or ``masked_embed``
@@ -50,7 +50,7 @@ class FormatSpec:
     converter: Callable[..., tuple[dict, dict | None]]
     detect: Callable[[Any], bool] | None = None  # None: never guessed, only asked for by name
     transform: Transform = IMAGENET
-    # Heads per embed_dim. Shapes cannot tell heads apart, so the method decides (checkpoints.md section 7).
+    # Heads per embed_dim. Shapes cannot tell heads apart, so the method decides (docs/checkpoints.md#head-counts).
     heads: Mapping[int, int] = field(default_factory=lambda: STANDARD_HEADS)
     # The fixed sin-cos table the file stores, by the method's own formula (regenerate it, never resample it).
     sincos: Callable | None = None

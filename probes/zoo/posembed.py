@@ -1,9 +1,9 @@
 """Fixed 2-D sin-cos position embeddings, each built with its method's own formula.
 
 MoCo v3 and CAE store ``[sin(row w), cos(row w), sin(col w), cos(col w)]``; MAE stores the two halves
-swapped, ``[sin(col w), cos(col w), sin(row w), cos(row w)]`` (checkpoints.md section 6.3). Neither equals
-``timm.layers.build_sincos2d_pos_embed``, so a model built at another resolution must regenerate its
-table with these functions rather than with timm's helper or with bicubic resampling.
+swapped, ``[sin(col w), cos(col w), sin(row w), cos(row w)]`` (docs/checkpoints.md#sin-cos-position-embeddings).
+Neither equals ``timm.layers.build_sincos2d_pos_embed``, so a model built at another resolution must
+regenerate its table with these functions rather than with timm's helper or with bicubic resampling.
 Both prepend an all-zero row for the CLS token, as the original code does.
 """
 from __future__ import annotations
