@@ -124,7 +124,9 @@ def test_a_failing_cell_is_reported_and_does_not_stop_the_others(data, tmp_path)
 def test_the_slurm_executor_runs_one_submitit_job_per_cell(data, tmp_path):
     pytest.importorskip("submitit")
     results = tmp_path / "results"
-    path = sweep_file(tmp_path / "grid.yaml", data, results, ["colorstats", "no-such-model"])
+    broken = tmp_path / "broken.pth"     # a valid command line whose job fails: the file is not a checkpoint
+    broken.write_bytes(b"not a checkpoint")
+    path = sweep_file(tmp_path / "grid.yaml", data, results, ["colorstats", str(broken)])
     path.write_text(path.read_text().replace("experiments: [part-retrieval, object-retrieval]",
                                              "experiments: [part-retrieval]"))
     args = ["--executor", "slurm", "--cluster", "local", "--partition", "debug", "--timeout-min", "10"]
@@ -132,7 +134,7 @@ def test_the_slurm_executor_runs_one_submitit_job_per_cell(data, tmp_path):
     assert first.returncode == 1, first.stdout + first.stderr
     assert sorted(runs(results)) == [("part_retrieval", "colorstats", "coco"), ("part_retrieval", "colorstats", "cub")]
     failed = [line for line in first.stdout.splitlines() if line.startswith("failed: ")]
-    assert len(failed) == 2 and all("unknown model 'no-such-model'" in line and "_log.err" in line for line in failed)
+    assert len(failed) == 2 and all("broken.pth" in line and "_log.err" in line for line in failed), failed
     jobs = list((results / ".sweep" / "grid" / "submitit").glob("*_submitted.pkl"))
     assert len(jobs) == 4                                  # one job per cell
     again = sweep(path, tmp_path / "home", *args)           # resumable: only the failed cells are submitted again
