@@ -155,9 +155,14 @@ def model_label(cfg: Experiment, encoder) -> str:
     """The name records, the leaderboard and figures use for the model (``encoder``: an encoder or its
     ``info()``): ``--name``, else the registry alias (or name) of the entry, ``timm:<name>`` as typed, or for a
     file its stem and the first 8 hex digits of its SHA-256 (``checkpoint-1a2b3c4d``), so that two files of
-    one name stay apart."""
+    one name stay apart. With ``--arch-kwargs`` 4 hex digits of the build follow (``checkpoint-1a2b3c4d-9f0e``):
+    one file built two ways (4 or 8 heads) is two models in every table and figure."""
     if cfg.model.name:
         return cfg.model.name
+    return _default_label(cfg, encoder) + _build_suffix(cfg.model)
+
+
+def _default_label(cfg: Experiment, encoder) -> str:
     info = encoder if isinstance(encoder, Mapping) else encoder.info()
     typed = str(cfg.model.model)
     if typed.startswith("timm:"):
@@ -174,6 +179,16 @@ def model_label(cfg: Experiment, encoder) -> str:
 
     entry = get_entry(typed)
     return entry.aliases[0] if entry.aliases else entry.name
+
+
+def _build_suffix(model: ModelOptions) -> str:
+    import hashlib
+    import json
+
+    if not model.arch_kwargs:
+        return ""
+    build = json.dumps([model.arch, model.arch_kwargs], sort_keys=True, default=str)
+    return "-" + hashlib.sha256(build.encode()).hexdigest()[:4]
 
 
 @dataclass

@@ -277,14 +277,15 @@ def upgrade_record(data: Any, source: str = "<dict>") -> Any:
 # Identity and digests
 # ---------------------------------------------------------------------------------------------------
 
-IDENTITY_FIELDS = ("probe", "dataset", "split", "model", "method", "format", "checkpoint_sha256", "feature",
+IDENTITY_FIELDS = ("probe", "dataset", "split", "model", "method", "arch", "format", "checkpoint_sha256", "feature",
                    "block", "protocol", "seed", "data_sha256")
 
 
 def record_identity(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything that defines a configuration: what ran (weights, format, method), on what data
-    (``data_sha256``, the views' identity), with which protocol. Two different datasets, files or
-    formats never share a ``config_hash``."""
+    """Everything that defines a configuration: what ran (weights, format, method, the architecture they were
+    built into: one file read with 4 or 8 heads is two configurations), on what data (``data_sha256``, the
+    views' identity), with which protocol. Two different datasets, files, formats or builds never share a
+    ``config_hash``."""
     return {name: data[name] for name in IDENTITY_FIELDS}
 
 

@@ -164,9 +164,9 @@ def test_resnet_backbones_carry_the_torchvision_weights(files):
 
 
 # ------------------------------------------------------------------------------------------ the command
-def command(files, model_args: list[str], results: Path, work: Path, *extra: str) -> list[str]:
+def command(files, model_args: list[str], results: Path, work: Path, *extra: str, batch: int = 2) -> list[str]:
     return [sys.executable, "probes/detection.py", *model_args, "--data-root", str(files["coco"]), "--image-size", "128",
-            "--train-batch-size", "2", "--num-workers", "0", "--data-source", "synthetic", "--results", str(results),
+            "--train-batch-size", str(batch), "--num-workers", "0", "--data-source", "synthetic", "--results", str(results),
             "--work-dir", str(work), *extra]
 
 
@@ -253,7 +253,7 @@ def test_two_processes_train_through_detectron2_launch(files, tmp_path):
     """--gpus 2 on a CPU: two gloo processes, DistributedDataParallel without device ids, distributed evaluation."""
     results = tmp_path / "results"
     run_command(command(files, vit_args(files), results, tmp_path / "work", "--frozen", "--iters", "4", "--gpus", "2",
-                        "--train-batch-size", "4", "--set", *SMALL_HEADS), tmp_path)
+                        "--set", *SMALL_HEADS, batch=4), tmp_path)
     record = only_record(results)
     assert record.protocol["world_size"] == 2 and record.protocol["batch_size"] == 4
     assert (tmp_path / "work" / "log.txt.rank1").exists() and (tmp_path / "work" / "model_final.pth").exists()

@@ -55,6 +55,33 @@ def test_the_same_command_on_two_datasets_or_two_formats_is_two_configurations(s
 
 
 @pytest.mark.slow
+def test_one_file_built_with_two_head_counts_is_two_models_and_neither_supersedes(shared, tmp_path):
+    """The case a reviewer found: one DINO file with --arch-kwargs num_heads 4 and 8 gave two different APs under
+    one config_hash and one label, and the leaderboard kept the later (wrong-head) run."""
+    cub = synth("cub", tmp_path / "cub", seed=0, images=12)
+    base = golden_model_args(shared / "golden" / "dino_vit_full")
+    kwargs = json.loads(base[base.index("--arch-kwargs") + 1])
+    for heads in (4, 8):
+        args = list(base)
+        args[args.index("--arch-kwargs") + 1] = json.dumps({**kwargs, "num_heads": heads})
+        done = script("part_retrieval", *args, "--data-root", cub, "--feature", "patch_mean", "--results",
+                      tmp_path / "r", "--quiet", home=tmp_path)
+        assert done.returncode == 0, done.stderr
+    four, eight = sorted(records(tmp_path / "r"), key=lambda r: "num_heads=8" in r.arch)
+    assert "num_heads=4" in four.arch and "num_heads=8" in eight.arch
+    assert four.config_hash != eight.config_hash and four.model != eight.model
+    assert four.metrics != eight.metrics                      # the build changes the number: it must be told apart
+    assert four.model.startswith(f"checkpoint-{four.checkpoint_sha256[:8]}-")
+    out = tmp_path / "board.csv"
+    done = subprocess.run([sys.executable, "-m", "analysis.leaderboard", "--results", str(tmp_path / "r"), "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = out.read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in rows[1:]) == sorted([four.model, eight.model])
+    assert len(out.with_suffix(".superseded.csv").read_text().splitlines()) == 1     # header only
+
+
+@pytest.mark.slow
 def test_a_hand_edited_record_is_refused_by_the_leaderboard(tmp_path):
     cub = synth("cub", tmp_path / "cub", seed=0, images=12)
     done = script("part_retrieval", "--model", "colorstats", "--data-root", cub, "--feature", "cls",

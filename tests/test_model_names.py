@@ -45,14 +45,15 @@ def test_files_of_one_name_get_labels_of_their_own_and_name_sets_one(shared, cub
     for case in ("dino_vit_full", "deit_vit"):
         run(["probes/part_retrieval.py", *golden_model_args(shared / "golden" / case), *common], tmp_path / "home")
         digest = hashlib.sha256((shared / "golden" / case / "checkpoint.pth").read_bytes()).hexdigest()
-        labels[case] = f"checkpoint-{digest[:8]}"
+        labels[case] = f"checkpoint-{digest[:8]}"             # + 4 hex of the build: golden files need --arch-kwargs
     run(["probes/part_retrieval.py", *golden_model_args(shared / "golden" / "dino_vit_full"), "--name", "my dino",
          *common], tmp_path / "home")
     records = written(tmp_path / "r")
-    assert sorted(r.model for r, _ in records) == sorted([*labels.values(), "my dino"])
+    assert sorted(r.model[:len("checkpoint-") + 8] if r.model != "my dino" else r.model for r, _ in records) == \
+        sorted([*labels.values(), "my dino"])
     named, path = next((r, p) for r, p in records if r.model == "my dino")
     assert path.parts[-3] == "my_dino"                                   # the run folder is filed under it
-    first = next(r for r, _ in records if r.model == labels["dino_vit_full"])
+    first = next(r for r, _ in records if r.model.startswith(labels["dino_vit_full"] + "-"))
     assert named.checkpoint_sha256 == first.checkpoint_sha256 and named.metrics == first.metrics
 
 
@@ -77,9 +78,12 @@ def test_the_default_label_of_a_registry_entry_is_its_alias():
 
     registry = load_registry()
     alias, entry = next((a, e) for a, e in registry.aliases.items() if a in PAPER_MODELS)
-    cfg = lambda model, name=None: SimpleNamespace(model=SimpleNamespace(model=model, name=name))  # noqa: E731
+    cfg = lambda model, name=None, kwargs=None: SimpleNamespace(  # noqa: E731
+        model=SimpleNamespace(model=model, name=name, arch=None, arch_kwargs=kwargs))
     assert model_label(cfg(entry), {}) == registry.get(entry).aliases[0]
     assert model_label(cfg(alias), {}) == alias
+    six, twelve = model_label(cfg(alias, kwargs={"num_heads": 6}), {}), model_label(cfg(alias, kwargs={"num_heads": 12}), {})
+    assert six.startswith(alias + "-") and len(six) == len(alias) + 5 and six != twelve    # built two ways: two names
     assert model_label(cfg("timm:vit_small_patch16_224.dino"), {}) == "timm:vit_small_patch16_224.dino"
     assert model_label(cfg("colorstats", "mine"), {}) == "mine"
 
