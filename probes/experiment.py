@@ -135,7 +135,7 @@ def check_outputs(cfg: Experiment) -> None:
     if cfg.output.write:
         check_writable(results_folder(cfg))
     if cfg.run.cache:
-        check_writable(features_dir())
+        check_writable(features_dir(), "the feature cache: set PARTPROBE_HOME to another folder, pass --no-cache,")
 
 
 def task_protocol(cfg, encoder, task) -> dict:

@@ -422,7 +422,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
+def check_writable(folder: str | os.PathLike, remedy: str = "pass another --results folder") -> Path:
     """Fail before the work, naming the folder, when ``folder`` cannot be created or written."""
     folder = Path(folder)
     try:
@@ -430,8 +430,8 @@ def check_writable(folder: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".partprobe-write-check-"):
             pass
     except OSError as err:
-        raise RecordError(f"{folder}: cannot write there ({err.strerror or err}); pass another --results "
-                          f"folder or fix its permissions") from None
+        raise RecordError(f"{folder}: cannot write there ({err.strerror or err}); {remedy} or fix its "
+                          f"permissions") from None
     return folder
 
 

@@ -134,3 +134,8 @@ def test_an_unwritable_results_folder_stops_before_the_work(tmp_path):
                   "--data-source", "synthetic", "--quiet", home=tmp_path)
     assert done.returncode == 2 and str(blocked / "r") in done.stderr and "cannot write" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "features").exists()
+    # the feature cache under PARTPROBE_HOME: the message says which setting moves it
+    done = script("part_retrieval", "--model", "colorstats", "--data-root", cub, "--results", tmp_path / "r",
+                  "--data-source", "synthetic", "--quiet", home=blocked / "home")
+    assert done.returncode == 2 and str(blocked / "home" / "features") in done.stderr
+    assert "PARTPROBE_HOME" in done.stderr and "--no-cache" in done.stderr and records(tmp_path / "r") == []

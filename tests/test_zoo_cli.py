@@ -135,6 +135,16 @@ def test_convert_writes_umask_permissions_a_sidecar_that_loads_back_and_refuses_
     ok(run(["-m", "probes.zoo", "convert", small, "--arch-kwargs", '{"num_heads": 6}', "--force-heads", "--out", wrong],
            tmp_path / "home"))
     assert wrong.is_file()
+    # a head count that cannot split the width (384 / 7): one line, forced or not, before timm's assertion
+    for extra in ([], ["--force-heads"]):
+        message = refused(run(["-m", "probes.zoo", "convert", small, "--arch-kwargs", '{"num_heads": 7}', *extra,
+                               "--out", tmp_path / "seven.safetensors"], tmp_path / "home"))
+        assert "num_heads=7" in message and "divides embed_dim 384" in message and "vit-s.pth.tar" in message
+    six = golden_model_args(golden)
+    six[six.index("--arch-kwargs") + 1] = json.dumps({**arch_of(golden)["kwargs"], "num_heads": 6})
+    message = refused(run(["probes/part_retrieval.py", *six, "--data-root", cub, "--no-write"], tmp_path / "home"))
+    assert "num_heads=6" in message and "divides embed_dim 64" in message and "(head dimension 64 is the usual: 1)" \
+        in message
 
 
 def mocov3_small(shared, path: Path) -> Path:

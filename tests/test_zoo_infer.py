@@ -145,7 +145,7 @@ def test_head_count_left_open_by_the_rule_is_asked_for_by_name(shared, tmp_path,
     assert convert_cli(path, out, "--format", "mae") == 2
     err = capsys.readouterr().err
     assert "num_heads: embed_dim 128 has no known head count for MAE" in err
-    assert """--arch-kwargs '{"num_heads": 6}'""" in err and "mae_128.pth" in err
+    assert """--arch-kwargs '{"num_heads": 2}'""" in err and "mae_128.pth" in err    # 64-channel heads: 128 / 64
     assert not out.exists()
     assert convert_cli(path, out, "--format", "mae", "--arch-kwargs", '{"num_heads": 4}') == 0
     check_against(model, load_encoder(out, format="timm", device="cpu"), 32, 4)

@@ -224,8 +224,11 @@ def resolve_arch(arch: Arch | None, sd: Mapping[str, torch.Tensor], fmt: str, wh
     if given is None:
         if expected is None:
             raise _ask(where, "num_heads", f"embed_dim {dim} has no known head count for {method} (heads cannot "
-                       "be read from tensor shapes)", 6)
+                       "be read from tensor shapes)", _head_count_example(dim))
         kwargs["num_heads"] = expected
+    elif not isinstance(given, int) or isinstance(given, bool) or given < 1 or dim % given:
+        raise CheckpointError(f"{where}: num_heads={given!r}: expected a whole number of heads that divides embed_dim "
+                              f"{dim} (head dimension 64 is the usual: {_head_count_example(dim)})")
     elif expected is not None and given != expected and not force_heads:
         raise CheckpointError(
             f"{where}: num_heads={given} disagrees with {method} (embed_dim {dim} has {expected} heads). "
@@ -233,6 +236,11 @@ def resolve_arch(arch: Arch | None, sd: Mapping[str, torch.Tensor], fmt: str, wh
             "so this would load and silently give wrong features. If the file really has "
             f"{given} heads, convert it with --force-heads (Python: force_heads=True).")
     return Arch(arch.model, kwargs)
+
+
+def _head_count_example(dim: int) -> int:
+    """Heads of 64 channels, the ViT convention, else the largest divisor of ``dim`` up to 16."""
+    return dim // 64 if dim % 64 == 0 else max(h for h in range(1, 17) if dim % h == 0)
 
 
 def check_input_size(size: Any, patch: int | None, where: str) -> None:
