@@ -160,7 +160,11 @@ class Cell:
     loaded: LoadedRecord
     metric_key: str                    # the record's prefixed metric name
     notes: list[str]                   # the record's differences from the paper's protocol (footnote texts)
-    alternatives: int = 0              # other current records that could have filled the cell
+    others: list["Cell"] = field(default_factory=list)   # other current records that could have filled the cell
+
+    @property
+    def alternatives(self) -> int:
+        return len(self.others)
 
 
 @dataclass
@@ -249,7 +253,9 @@ def build_table(spec: TableSpec, record_set: RecordSet | Sequence[LoadedRecord],
             cells.sort(key=lambda c: (c.published is None, column.tasks.index(c.loaded.record.task), len(c.notes),
                                       _newest_first(c.loaded)))
             best = cells[0]
-            best.alternatives = len(cells) - 1
+            best.others = cells[1:]
+            if best.others:    # the table shows one of several runs: say so in the cell, not only in sources.csv
+                best.notes = [*best.notes, _others_note(best)]
             row = rows.setdefault(row_key, Row(*row_key, labels[row_key]))
             row.cells[column.paper_column] = best
     ordered = sorted(rows.values(), key=lambda row: (paper_order(row.model), row.checkpoint_sha256))
@@ -259,6 +265,10 @@ def build_table(spec: TableSpec, record_set: RecordSet | Sequence[LoadedRecord],
             row.no_value = {c.paper_column for c in spec.columns
                             if c.paper_column not in row.cells
                             and not any(e.model == alias for e in _entries(spec.title, c.paper_column))}
+    for row in ordered:
+        if _has_no_projection(row, current):
+            row.no_value |= {c.paper_column for c in spec.columns
+                             if c.features == ("projection",) and c.paper_column not in row.cells}
     footnotes: list[str] = []
     marks: dict[tuple[str, str], list[int]] = {}
     for row in ordered:
@@ -275,6 +285,33 @@ def build_table(spec: TableSpec, record_set: RecordSet | Sequence[LoadedRecord],
     model_options = {row.label: shlex.join(_model_args(row, current)) for row in ordered}
     missing = fill_commands(spec, ordered, current, results_dirs)
     return PaperTable(spec, ordered, footnotes, marks, missing, model_options)
+
+
+def _others_note(shown: Cell) -> str:
+    """What the other runs of a cell differ in from the one shown (data, seed, protocol options, ...)."""
+    fields = ("data_sha256", "seed", "split", "feature", "task", "format", "arch")
+    differ = set()
+    for other in shown.others:
+        a, b = shown.loaded.record, other.loaded.record
+        differ |= {name.replace("_sha256", "") for name in fields if getattr(a, name) != getattr(b, name)}
+        differ |= {key for key in set(a.protocol) | set(b.protocol) if a.protocol.get(key) != b.protocol.get(key)}
+    count = len(shown.others)
+    return (f"{count} other run{'s' if count > 1 else ''} of this model fill{'' if count > 1 else 's'} this cell "
+            f"({', '.join(sorted(differ)) or 'the same configuration'} differ{'s' if len(differ) == 1 else ''}); "
+            "shown: the one nearest the paper's protocol, then the newest; all are in the sources file")
+
+
+def _has_no_projection(row: Row, current: Sequence[LoadedRecord]) -> bool:
+    """A run of the row that measured every default feature wrote no projection record: the checkpoint has none."""
+    for loaded in current:
+        r = loaded.record
+        if (r.model, r.checkpoint_sha256) != (row.model, row.checkpoint_sha256) or r.probe != "part_retrieval":
+            continue
+        protocol = _config(loaded).get("protocol") or {}
+        if "features" in protocol and protocol["features"] is None and r.feature != "dense_patch":
+            run = [o.record for o in current if o.path.parent == loaded.path.parent]   # one run folder
+            return not any(o.feature == "projection" for o in run)
+    return False
 
 
 def _newest_first(loaded: LoadedRecord) -> tuple:
@@ -296,8 +333,10 @@ def _config(loaded: LoadedRecord) -> dict:
 
 
 def _model_args(row: Row, current: Sequence[LoadedRecord]) -> list[str]:
-    """The model options of the row's runs, from a configuration beside one of its records."""
-    for loaded in current:
+    """The model options of the row's runs, from the configuration beside a record the row shows (else any of
+    the row's records)."""
+    shown = [cell.loaded for cell in row.cells.values()]
+    for loaded in [*shown, *current]:
         r = loaded.record
         if (r.model, r.checkpoint_sha256) != (row.model, row.checkpoint_sha256):
             continue

@@ -296,3 +296,30 @@ def test_latex_compiles_where_a_tex_installation_exists(paper_results, golden_re
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+def test_a_cell_with_several_runs_says_so_and_the_table_asks_for_no_impossible_run(tmp_path):
+    """Two runs of one model on two CUB folders fill one cell: the cell carries a footnote naming what differs
+    (not only sources.csv); a model whose default run wrote no projection record gets the paper's '-' under
+    Projected instead of a command that would fail; the MODEL line is the shown record's."""
+    results = tmp_path / "results"
+    for seed, size in ((0, "48"), (1, "32")):
+        cub = synth("cub", tmp_path / f"cub{seed}", seed=seed, images=8)
+        run_cli(part_retrieval, "--model", "colorstats", "--data-root", cub, "--input-size", size,
+                "--results", results, "--data-source", "synthetic", "--quiet")
+    out = tmp_path / "tables"
+    assert tables.main(["--results", str(results), "--out", str(out), "--table", "3"]) == 0
+    (row,) = read_csv(out / "table3.csv")
+    sources = {s["column"]: s for s in read_csv(out / "table3.sources.csv")}
+    shown = json.loads(Path(sources["Retrieval CUB Encoded"]["path"]).read_text())
+    assert float(row["Retrieval CUB Encoded"]) == shown["metrics"]["cub_part_retrieval/AP"]
+    assert sources["Retrieval CUB Encoded"]["other_records"] == "1"
+    markdown = (out / "table3.md").read_text()
+    note = next(line for line in markdown.splitlines() if "other run of this model fills this cell" in line)
+    assert "data" in note and "input_size" in note and "seed" not in note.split("(")[1].split(")")[0]
+    number = re.match(r"\[(\d+)\]", note).group(1)
+    cell = next(line for line in markdown.splitlines() if line.startswith("| colorstats"))
+    encoded = cell.split("|")[1 + [c.label for c in tables.table_specs()["3"].columns].index("Retrieval CUB Encoded") + 1]
+    assert f"[{number}]" in encoded.replace(" ", "").replace(",", "],[") or number in encoded
+    assert row["Retrieval CUB Projected"] == "" and "projection" not in (out / "table3.commands.sh").read_text()
+    assert f"--input-size {shown['protocol']['input_size']}" in markdown     # the MODEL options of the run shown
