@@ -303,8 +303,12 @@ def content_digest(data: Mapping[str, Any]) -> str:
 
 
 def data_digest(*identities: Any) -> str:
-    """SHA-256 of view identities (``view.identity()``): the data a record was measured on."""
-    canonical = json.dumps(list(identities), sort_keys=True, separators=(",", ":"), default=str)
+    """SHA-256 of view identities (``view.identity()``): the data a record was measured on. The views' image
+    transform is left out: it is the protocol's (``image_transform``, ``normalize``), and two probes on one
+    dataset with two transforms measured the same data."""
+    data = [{k: v for k, v in identity.items() if k != "transform"} if isinstance(identity, Mapping) else identity
+            for identity in identities]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

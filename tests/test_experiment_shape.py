@@ -66,7 +66,7 @@ def test_a_new_shared_option_reaches_every_script_without_other_edits(cub_root, 
             "attentive_probe": [*small, "--data-root", cub_root, "--epochs", "1"],
             "part_segmentation": ["--dataset", "lip", "--data-root", lip, "--protocol", "dense",
                                   "--dense-input-size", "64"],
-            "patch_grid": None}
+            "patch_grid": None, "detection": None}          # detection's run needs detectron2: --help only
     for script, args in runs.items():
         command = [sys.executable, str(copy / "probes" / f"{script}.py")]
         help_text = subprocess.run(command + ["--help"], env=env, capture_output=True, text=True, timeout=120).stdout
@@ -105,3 +105,24 @@ def test_knn_records_of_object_retrieval_and_the_linear_probe_share_one_column(t
     assert float(rows["colorstats"][column]) == by_object.metrics["cifar10_knn/top1"]
     assert float(rows["pixels"][column]) == by_linear.metrics["cifar10_knn/top1"]
     assert not [c for c in rows["colorstats"] if c.startswith("cifar10_knn/top1 [") and c != column]
+
+
+def test_at_their_defaults_the_two_knn_records_split_only_by_the_transform_not_by_the_data(tmp_path):
+    """object_retrieval resizes whole images with ImageNet statistics, linear_probe takes the model's eval
+    transform: two protocols, so two columns; but the data is one, and the columns say only what differs."""
+    from analysis import leaderboard
+
+    cifar = synth("cifar10", tmp_path / "cifar", seed=0, train_per_class=6, test_per_class=3)
+    common = ["--model", "colorstats", "--dataset", "cifar10", "--data-root", cifar, "--feature", "cls",
+              "--results", tmp_path / "results", "--data-source", "synthetic", "--quiet"]
+    by_object = {r.probe: r for r in run_cli(object_retrieval, *common)}["knn"]
+    by_linear = {r.probe: r for r in run_cli(linear_probe, *common, "--epochs", "1")}["knn"]
+    assert by_object.data_sha256 == by_linear.data_sha256
+    assert by_object.protocol["image_transform"] != by_linear.protocol["image_transform"]
+    summary = leaderboard.export([tmp_path / "results"], tmp_path / "board.csv")
+    import csv
+    with open(summary.out, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    columns = [c for c in row if c.startswith("cifar10_knn/top1 [") and row[c]]
+    assert len(columns) == 2 and not any("data=" in c for c in columns), columns
+    assert all("image_transform=" in c for c in columns)
