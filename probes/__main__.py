@@ -17,7 +17,11 @@ COMMANDS = {
     "object-retrieval": ("probes.object_retrieval", "object retrieval and kNN on CIFAR-10 / COCO objects"),
     "linear-probe": ("probes.linear_probe", "linear probe + kNN (Table 3 linear, Table 1)"),
     "attentive-probe": ("probes.attentive_probe", "attentive probe (Table 3 attentive, Table 1)"),
+    "part-segmentation": ("probes.part_segmentation", "part / object segmentation: linear, fine-tuned UperNet, "
+                                                      "dense kNN (Table 4)"),
+    "detection": ("probes.detection", "COCO detection and instance segmentation through detectron2"),
     "patch-grid": ("probes.patch_grid", "patch-retrieval grid over a folder of images (Figures 2, 4)"),
+    "published": ("probes.published", "the paper's published values and the conditions each needs"),
     "zoo": ("probes.zoo.__main__", "checkpoints: list, info, download, verify, detect, convert"),
     "data": ("probes.data.__main__", "datasets: list, download, prepare, check, synth"),
     "demo": ("probes.demo", "the main job on generated data, no download"),

@@ -57,3 +57,20 @@ def test_script_runs_golden_checkpoint_end_to_end(shared, cub, tmp_path, script,
     for record in records:
         assert (record.metrics and all(0.0 <= v <= 100.0 for k, v in record.metrics.items()
                                        if not k.endswith("best_epoch")))
+
+
+def test_every_partprobe_command_answers_help(tmp_path):
+    """`partprobe COMMAND --help` for each listed command: each is importable and explains its options (detection
+    included: its help needs no detectron2)."""
+    import os
+    import subprocess
+    import sys
+
+    from probes.__main__ import COMMANDS
+
+    env = {**os.environ, "PARTPROBE_HOME": str(tmp_path), "PYTHONPATH": ""}
+    for name in COMMANDS:
+        done = subprocess.run([sys.executable, "-m", "probes", name, "--help"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "usage:" in done.stdout.lower(), f"{name}: {done.stdout[-500:]}{done.stderr[-1500:]}"
+    assert {"part-segmentation", "detection", "published"} <= set(COMMANDS)
