@@ -63,10 +63,20 @@ def device_for_rank(device: str | None) -> str | None:
 
 
 def _close() -> None:
+    """Leave together, then destroy the group. A rank that tears gloo down while another is still exiting can
+    abort the other ("terminate called without an active exception"); a rank that failed never reaches the
+    barrier, so after a minute the others exit without destroying (destroying then can deadlock)."""
+    import datetime
+
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    try:
+        dist.monitored_barrier(_CPU_GROUP, timeout=datetime.timedelta(seconds=60))
+    except RuntimeError:
+        return
+    dist.destroy_process_group()
 
 
 def gather_objects(obj) -> list:

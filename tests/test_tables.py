@@ -195,7 +195,10 @@ def test_published_values_deltas_footnotes_and_the_runs_that_fill_empty_cells(pa
             float(dino["Retrieval CUB Encoded delta"])) == (47.5, 48.9, pytest.approx(47.5 - 48.9))
     assert rows["MoCo v3"]["Retrieval CUB Encoded published"] == ""           # another protocol: no published value
     markdown = (out / "table3.md").read_text()
-    assert "| DINO | 47.5 / 48.9 (-1.4) |" in markdown
+    shown = re.search(r"^\| DINO \| 47\.5 / 48\.9 \(-1\.4\) \[(\d+)\] \|", markdown, re.M)
+    assert shown, markdown                          # the self-excluded rerun is named in the cell's footnote
+    assert re.search(rf"^\[{shown.group(1)}\] 1 other run of this model fills this cell \(include_self differs\)",
+                     markdown, re.M)
     assert "| MoCo v3 | 45.0 [1] |" in markdown
     footnote = re.search(r"^\[1\] (.*)$", markdown, re.M).group(1)
     assert footnote.startswith("include_self=False but the paper's protocol has True")
@@ -257,7 +260,7 @@ def test_markdown_renders_as_a_table(paper_results, tmp_path):
     markdown_it = pytest.importorskip("markdown_it")
     html = markdown_it.MarkdownIt("commonmark").enable("table").render(text)
     assert html.count("<table>") == 1 and len(re.findall(r"<th[ >]", html)) == 9
-    assert html.count("<tr>") == 1 + 3 and "<td>47.5 / 48.9 (-1.4)</td>" in html.replace(' style="text-align:right"', "")
+    assert html.count("<tr>") == 1 + 3 and re.search(r"<td>47.5 / 48.9 \(-1.4\) \[\d+\]</td>", html.replace(' style="text-align:right"', ""))
 
 
 def test_the_partprobe_tables_command_prints_markdown(paper_results, capsys):
