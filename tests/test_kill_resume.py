@@ -178,3 +178,50 @@ def test_kill_during_a_download_then_the_rerun_resumes_with_a_range_request(shar
         assert locks[0]["sha256"] == locks[1]["sha256"] == hashlib.sha256(payload).hexdigest()
     finally:
         server.close()
+
+
+def test_a_damaged_or_stale_part_file_never_becomes_the_trusted_checkpoint(shared, tmp_path):
+    """Issue 16's download cases through `python -m probes.zoo download` as typed, for an entry without a
+    published hash (trust on first use): 2,000 flipped bytes in the `.part` of a killed download, then resume ->
+    one error line, nothing kept, nothing recorded; a `.part` larger than the remote file -> restart from zero.
+    Each time the next run records the true file's hash."""
+    golden = shared / "golden" / "dino_vit_full"
+    payload = (golden / "checkpoint.pth").read_bytes()
+    true_sha = hashlib.sha256(payload).hexdigest()
+    arch = json.loads((golden / "meta.json").read_text())["timm_target"]["this_golden"]
+    server = SlowServer(payload, pause=0.01)
+    try:
+        registry = tmp_path / "mine.yaml"
+        registry.write_text(yaml.safe_dump({"models": {"unhashed_dino": {
+            "method": "DINO", "file": "unhashed_dino_full.pth", "urls": [f"{server.url}/unhashed_dino_full.pth"],
+            "format": "dino_full", "arch": {"model": arch["create_model"], "kwargs": arch["kwargs"]},
+            "transform": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bicubic",
+                          "resize": 73, "crop": 64}}}}))
+        command = [sys.executable, "-m", "probes.zoo", "download", "unhashed_dino"]
+        extra = {"PARTPROBE_REGISTRY": str(registry), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        home = tmp_path / "home"
+        folder = home / "checkpoints"
+        part, final, lock = (folder / "unhashed_dino_full.pth.part", folder / "unhashed_dino_full.pth",
+                             folder / "hashes.lock.json")
+        kill_when(command, home, lambda: part.is_file() and part.stat().st_size > len(payload) // 2, **extra)
+        data = bytearray(part.read_bytes())
+        for i in range(1000, 3000):
+            data[i] ^= 0xFF
+        part.write_bytes(bytes(data))
+        done = subprocess.run(command, cwd=REPO, env=env(home, **extra), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert "unhashed_dino_full.pth" in done.stderr and "differs from a complete new download" in done.stderr
+        assert not final.exists() and not part.exists()
+        assert "unhashed_dino_full.pth" not in (json.loads(lock.read_text()) if lock.exists() else {})
+        run(command, home, **extra)
+        assert final.read_bytes() == payload and json.loads(lock.read_text())["unhashed_dino_full.pth"]["sha256"] == true_sha
+
+        stale = tmp_path / "stale"
+        (stale / "checkpoints").mkdir(parents=True)
+        (stale / "checkpoints" / "unhashed_dino_full.pth.part").write_bytes(payload + b"\0" * 4096)
+        run(command, stale, **extra)
+        assert (stale / "checkpoints" / "unhashed_dino_full.pth").read_bytes() == payload
+        assert json.loads((stale / "checkpoints" / "hashes.lock.json").read_text())[
+            "unhashed_dino_full.pth"]["sha256"] == true_sha
+    finally:
+        server.close()
