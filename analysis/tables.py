@@ -355,9 +355,11 @@ def _model_args(row: Row, current: Sequence[LoadedRecord]) -> list[str]:
     return ["--model", paper.paper_alias(row.model) or row.model]
 
 
-def _data_args(dataset: str, current: Sequence[LoadedRecord]) -> list[str]:
-    """--data-root (and --data-source) of a run on the same dataset, else a placeholder."""
-    for loaded in current:
+def _data_args(dataset: str, current: Sequence[LoadedRecord], rows: Sequence[Row] = ()) -> list[str]:
+    """--data-root (and --data-source) of a run on the same dataset (a record the table shows first), else a
+    placeholder."""
+    shown = [cell.loaded for row in rows for cell in row.cells.values()]
+    for loaded in [*shown, *current]:
         if loaded.record.dataset != dataset:
             continue
         data = _config(loaded).get("data") or {}
@@ -385,7 +387,7 @@ def fill_commands(spec: TableSpec, rows: Sequence[Row], current: Sequence[Loaded
             continue
         probe = _probe_of(column.tasks[0])
         command = shlex.join(["python", "-m", SCRIPTS[probe], MODEL, "--dataset", column.dataset,
-                              *_data_args(column.dataset, current), *column.args, *results])
+                              *_data_args(column.dataset, current, rows), *column.args, *results])
         missing = by_command.setdefault(command, Missing(command, [], []))
         missing.columns.append(column.label)
         missing.rows = sorted(set(missing.rows) | set(lacking), key=[r.label for r in rows].index)

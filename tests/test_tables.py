@@ -326,3 +326,5 @@ def test_a_cell_with_several_runs_says_so_and_the_table_asks_for_no_impossible_r
     assert f"[{number}]" in encoded.replace(" ", "").replace(",", "],[") or number in encoded
     assert row["Retrieval CUB Projected"] == "" and "projection" not in (out / "table3.commands.sh").read_text()
     assert f"--input-size {shown['protocol']['input_size']}" in markdown     # the MODEL options of the run shown
+    shown_root = json.loads((Path(sources["Retrieval CUB Encoded"]["path"]).parent / "config.json").read_text())
+    assert f"--data-root {shown_root['data']['data_root']} " in (out / "table3.commands.sh").read_text()
