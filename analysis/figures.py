@@ -284,6 +284,24 @@ def pair_cells(cells: Sequence[Cell], object_task: str, part_task: str) -> list[
     return chosen
 
 
+def _near_pairs(cells: Sequence[Cell]) -> list[str]:
+    """For a pair with a model on both sides whose records disagree: which settings differ, and how."""
+    out = []
+    for object_task, part_task in OBJECT_PART_PAIRS:
+        objects, parts = _headline_cells(cells, object_task), _headline_cells(cells, part_task)
+        for row in sorted(set(objects) & set(parts), key=_row_order):
+            differ = {}
+            for o in objects[row]:
+                for p in parts[row]:
+                    a, b = o.loaded.record.protocol, p.loaded.record.protocol
+                    differ.update({k: (a[k], b[k]) for k in PAIR_SETTINGS
+                                   if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]})
+            if differ:
+                settings = ", ".join(f"{k} {x} vs {y}" for k, (x, y) in sorted(differ.items()))
+                out.append(f"{object_task} vs {part_task}: {row.model} is on both sides, but {settings}")
+    return out
+
+
 def _pair_title(obj: Cell, part: Cell) -> str:
     """``ADE20K-Object-59 vs ADE20K-Part-209 linear seg.``, ``CIFAR-10 vs CUB retrieval``."""
     o, p = obj.loaded.record, part.loaded.record
@@ -297,11 +315,12 @@ def object_vs_part(records, out_png: str | os.PathLike) -> FigureResult:
     cells = [c for c in build_cells(current_records(records)) if c.column.block is None]
     panels = [(o, p, found) for o, p in OBJECT_PART_PAIRS if (found := pair_cells(cells, o, p))]
     if not panels:
+        near = _near_pairs(cells)
         return FigureResult("object_vs_part", None,
                             "skipped: no object/part pair of the paper with a model measured on both sides (pairs: "
                             "ADE20K-Object-59/ADE20K-Part-209, Pascal-Object-16/Pascal-Part-193 segmentation; COCO/"
                             "COCO and CIFAR-10/CUB retrieval; ImageNet or CIFAR-10 vs CUB/COCO linear or attentive "
-                            "probe)")
+                            "probe)" + (f"; {'; '.join(near)}" if near else ""))
     left_out = [f"{o} vs {p}" for o, p, _ in panels[MAX_PANELS:]]
     panels = panels[:MAX_PANELS]
     labels = _labels(cells)

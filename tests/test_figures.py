@@ -183,3 +183,12 @@ def test_build_all_and_the_cli(tmp_path, capsys):
         assert f"{name}: {png}" in printed
     assert "(1 object/part pair(s): cifar10_object_retrieval vs cub_part_retrieval)" in printed
     assert "retrieval_grid:" in printed
+
+
+def test_a_pair_skipped_for_disagreeing_settings_names_them(tmp_path):
+    write(tmp_path, "colorstats", "part_retrieval", "cub", {"AP": 90.0, "mAP": 88.0}, protocol={"input_size": 224})
+    write(tmp_path, "colorstats", "object_retrieval", "cifar10", {"AP": 80.0}, protocol={"input_size": 32})
+    result = figures.object_vs_part(tmp_path, tmp_path / "ovp.png")
+    assert result.path is None
+    assert "cifar10_object_retrieval vs cub_part_retrieval: colorstats is on both sides, but input_size 32 vs 224" \
+        in result.message
