@@ -215,6 +215,8 @@ def test_a_damaged_or_stale_part_file_never_becomes_the_trusted_checkpoint(share
         assert "unhashed_dino_full.pth" not in (json.loads(lock.read_text()) if lock.exists() else {})
         run(command, home, **extra)
         assert final.read_bytes() == payload and json.loads(lock.read_text())["unhashed_dino_full.pth"]["sha256"] == true_sha
+        checked = run([sys.executable, "-m", "probes.zoo", "verify", "--refetch"], home, **extra)   # every first-use hash
+        assert "unhashed_dino:" in checked and "refetch: a complete new download" in checked
 
         stale = tmp_path / "stale"
         (stale / "checkpoints").mkdir(parents=True)

@@ -167,6 +167,8 @@ def _verify_file(args) -> None:
 
 
 def cmd_verify(args) -> None:
+    if args.name is None:
+        return _verify_first_use(args)
     if _is_file_argument(args.name):
         if args.reset_lock or args.refetch:
             raise ZooError(f"{args.name}: --reset-lock and --refetch apply to registry entries, not to files")
@@ -204,6 +206,20 @@ def cmd_verify(args) -> None:
             raise ChecksumError(f"{path} ({entry.name}): the cached file (sha256 {cached}) differs from a new download "
                                 f"of {source} (sha256 {fresh}); {reset_help(entry)} after replacing the file")
         print(f"  refetch: a complete new download of {source} has the same sha256")
+
+
+def _verify_first_use(args) -> None:
+    """``verify --refetch`` without NAME: every cached entry whose lock hash was trusted on first use."""
+    if not args.refetch or args.reset_lock or args.format or args.arch or args.arch_kwargs:
+        raise ZooError("verify: give NAME (or FILE); without one, only --refetch is meant: re-check every entry whose "
+                       "recorded hash was trusted on first use")
+    names = [entry.name for entry in load_registry() if entry.format != BASELINE_FORMAT
+             and cache_path(entry).is_file() and (lock_record(entry) or {}).get("trust", "first-use") == "first-use"
+             and lock_record(entry)]
+    if not names:
+        print(f"no cached entry has a first-use hash in {lock_path()}")
+    for name in names:
+        cmd_verify(argparse.Namespace(**{**vars(args), "name": name}))
 
 
 def cmd_detect(args) -> None:
@@ -274,7 +290,8 @@ def _main(argv) -> int:
     p.set_defaults(func=cmd_download)
     p = sub.add_parser("verify", help="re-hash a cached file (or check a file of yours) and check that its layout "
                                       "loads strictly")
-    p.add_argument("name", metavar="NAME|FILE")
+    p.add_argument("name", metavar="NAME|FILE", nargs="?",
+                   help="an entry or a file; none with --refetch: every entry whose hash was trusted on first use")
     p.add_argument("--format", default=None, choices=list(FORMATS), help="a file's format (default: detected)")
     p.add_argument("--arch", default=None, help='a file\'s timm model name, or JSON {"model": name, "kwargs": {...}}')
     p.add_argument("--arch-kwargs", default=None, help="JSON kwargs laid over a file's (inferred) architecture")
