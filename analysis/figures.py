@@ -121,10 +121,6 @@ def _feature_rank(feature: str) -> int:
     return FEATURE_PREFERENCE.index(feature) if feature in FEATURE_PREFERENCE else len(FEATURE_PREFERENCE)
 
 
-def is_generated(record) -> bool:
-    return record.protocol.get("data_source") == "synthetic" or record.protocol.get("synthetic") is True
-
-
 def _labels(cells: Sequence[Cell]) -> dict[RowKey, str]:
     by_pair = model_labels((c.row.model, c.row.checkpoint_sha256) for c in cells)
     return {RowKey(*pair): label for pair, label in by_pair.items()}
@@ -207,7 +203,7 @@ class Legend:
                          f"{metric_name(cells[0])}, feature {first.feature}, block(s) "
                          f"{', '.join('final output' if b is None else str(b) for b in blocks)} (0-based), split "
                          f"{first.split}, seed {first.seed}, data {first.data_sha256[:12] or '-'}"
-                         + (", GENERATED DATA (never compared with the paper)" if is_generated(first) else ""))
+                         + (", GENERATED DATA (never compared with the paper)" if first.is_generated else ""))
             lines.append(f"   protocol: {json.dumps(_protocol(first), sort_keys=True)}")
             for cell in cells:
                 at = "" if cell.column.block is None else f" block {cell.column.block}"
@@ -255,11 +251,15 @@ def _headline_cells(cells: Sequence[Cell], task: str) -> dict[RowKey, list[Cell]
     return out
 
 
+def _disagreements(a, b) -> dict[str, tuple]:
+    """The PAIR_SETTINGS keys both records set (None: not applicable, e.g. the self-match of a query set searched
+    in a disjoint gallery) to different values: key -> (a's, b's)."""
+    return {k: (a.protocol[k], b.protocol[k]) for k in PAIR_SETTINGS
+            if a.protocol.get(k) is not None and b.protocol.get(k) is not None and a.protocol[k] != b.protocol[k]}
+
+
 def _agree(a, b) -> bool:
-    """Two records' settings agree on every PAIR_SETTINGS key both record (None: not applicable, e.g. the
-    self-match of a query set searched in a disjoint gallery)."""
-    return all(a.protocol[k] == b.protocol[k] for k in PAIR_SETTINGS
-               if a.protocol.get(k) is not None and b.protocol.get(k) is not None)
+    return not _disagreements(a, b)
 
 
 def pair_cells(cells: Sequence[Cell], object_task: str, part_task: str) -> list[tuple[RowKey, Cell, Cell]]:
@@ -293,9 +293,7 @@ def _near_pairs(cells: Sequence[Cell]) -> list[str]:
             differ = {}
             for o in objects[row]:
                 for p in parts[row]:
-                    a, b = o.loaded.record.protocol, p.loaded.record.protocol
-                    differ.update({k: (a[k], b[k]) for k in PAIR_SETTINGS
-                                   if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]})
+                    differ.update(_disagreements(o.loaded.record, p.loaded.record))
             if differ:
                 settings = ", ".join(f"{k} {x} vs {y}" for k, (x, y) in sorted(differ.items()))
                 out.append(f"{object_task} vs {part_task}: {row.model} is on both sides, but {settings}")
@@ -335,7 +333,7 @@ def object_vs_part(records, out_png: str | os.PathLike) -> FigureResult:
                           color=colour)
             ax.bar_label(bars, fmt="%.1f", fontsize=5, padding=1)
         one_pair = len(set(pairs)) == 1
-        generated = [is_generated(o.loaded.record) or is_generated(p.loaded.record) for _, o, p in found]
+        generated = [o.loaded.record.is_generated or p.loaded.record.is_generated for _, o, p in found]
         mixed = any(generated) and not all(generated)
         _model_ticks(ax, [labels[row] + ("*" if mixed and g else "") + ("" if one_pair else f" ({a}/{b})")
                           for (row, _, _), (a, b), g in zip(found, pairs, generated)])
@@ -406,7 +404,7 @@ def per_block(records, out_png: str | os.PathLike) -> FigureResult:
         ax.set_ylabel(f"{metric.split('/', 1)[1]} (%)")
         record = panels[key][0].loaded.record
         ax.set_title(f"{task_name(record.probe, record.dataset)}, {feature} ({letter})"
-                     + ("\ngenerated data" if any(is_generated(c.loaded.record) for c in panels[key]) else ""))
+                     + ("\ngenerated data" if any(c.loaded.record.is_generated for c in panels[key]) else ""))
     rows = sorted(colours, key=_row_order)
     handles = [Line2D([], [], color=colours[r], marker="o", markersize=3, label=labels[r]) for r in rows]
     if any_final:
@@ -542,7 +540,7 @@ def published_vs_reproduced(records, out_png: str | os.PathLike) -> FigureResult
                            marker="os^Dv"[style % 5], label=f"{label}: {cell.value:.1f} vs {cell.published:.1f}")
                 n_pairs += 1
             else:
-                generated = ", generated data" if is_generated(cell.loaded.record) else ""
+                generated = ", generated data" if cell.loaded.record.is_generated else ""
                 ax.axhline(cell.value, linestyle=("--", ":", "-.", (0, (5, 1, 1, 1)))[style % 4], linewidth=0.9,
                            color=colours[cell.row],
                            label=f"{label}: {cell.value:.1f}, no published value{generated}")
@@ -555,7 +553,7 @@ def published_vs_reproduced(records, out_png: str | os.PathLike) -> FigureResult
         first = panels[key][0].loaded.record
         ax.set_title(f"{task_name(first.probe, first.dataset)} {metric}, {feature}"
                      + ("" if several else f" ({legend.letters[panels[key][0].column]})")
-                     + ("\ngenerated data" if all(is_generated(c.loaded.record) for c in panels[key]) else ""))
+                     + ("\ngenerated data" if all(c.loaded.record.is_generated for c in panels[key]) else ""))
         below_label = offset_copy(strip.transAxes, fig=fig, y=-24, units="points")   # under the ticks and x label
         strip.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0),
                      bbox_transform=below_label, ncol=1, fontsize=5)

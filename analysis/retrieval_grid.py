@@ -73,7 +73,7 @@ def grid_from_record(record_path, out, queries: int = 6, k: int = 8, formats=("p
     model = paper_name(record.model)
     if Path(record.model).suffix in CHECKPOINT_SUFFIXES and record.checkpoint_sha256:   # a file: say which one
         model += f" {record.checkpoint_sha256[:6]}"
-    generated = " / generated data" if record.protocol.get("data_source") == "synthetic" else ""
+    generated = " / generated data" if record.is_generated else ""
     return part_grid(crop, labels, class_names, choose_queries(labels, queries, record.seed or 0), ids, sims, out,
                      k=k, title=f"{model} / {dataset_name(record.dataset)} / {record.feature} / {mode}{generated}",
                      formats=formats)

@@ -196,10 +196,6 @@ class PaperTable:
     model_options: dict[str, str]      # row label -> its model options on a command line
 
 
-def is_generated(record) -> bool:
-    return record.protocol.get("data_source") == "synthetic" or record.protocol.get("synthetic") is True
-
-
 def differences(record, spec: TableSpec, column: Column) -> list[str]:
     """How the record's measurement differs from the paper's for this column, one sentence each."""
     notes = []
@@ -213,7 +209,7 @@ def differences(record, spec: TableSpec, column: Column) -> list[str]:
         next((e for e in entries if e.model != "mae"), entries[0])
     if reference.split is not None and record.split != reference.split:
         notes.append(f"split {record.split!r} (the paper's: {reference.split!r})")
-    generated = is_generated(record)
+    generated = record.is_generated
     if generated:
         notes.append("generated data (probes.data synth): never compared with the paper")
     for requirement in reference.requirements:

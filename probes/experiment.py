@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from probes.errors import debug_requested, error_policy  # the policy every command follows (probes/errors.py)
-from probes.options import (ConfigError, ModelOptions, OutputOptions, RunOptions, build_parser,
+from probes.options import (ConfigError, ModelOptions, OutputOptions, RunOptions, build_parser, check_block,
                             config_from_args, option, recorded_values, resolve, section, to_dict)
 
 
@@ -77,19 +77,6 @@ def load_encoder(cfg: Experiment):
         raise ConfigError(f"--feature projection: {model_label(cfg, encoder)} has no projection head (the checkpoint "
                           f"carries none); use cls or patch_mean")
     return encoder
-
-
-def check_block(block: int | None, encoder=None) -> None:
-    """``--block K``: 0-based, and (given the encoder) below its depth."""
-    if block is None:
-        return
-    if block < 0:
-        raise ConfigError(f"--block {block}: expected a 0-based block index >= 0")
-    depth = getattr(encoder, "num_blocks", None)
-    if depth is not None and block >= depth:
-        kind = "stages" if getattr(encoder, "kind", "") == "resnet" else "blocks"
-        raise ConfigError(f"--block {block}: the model has {depth} {kind[:-1] if depth == 1 else kind}, so K is "
-                          f"0..{depth - 1}")
 
 
 def checked(cfg, skippable: bool = True, **views) -> dict:
@@ -269,7 +256,7 @@ def print_summary(records: list, paths: list, headline: Callable | None = None) 
         print(f"records written to {folder}: {len(paths)} record file(s), config.json"
               + (f", artifacts {', '.join(artifacts)}" if artifacts else ""))
         print(f"tables and leaderboard: python -m analysis.tables --results {folder.parents[2]}")
-    synthetic = [r for r in records if r.protocol.get("data_source") == "synthetic" or r.protocol.get("synthetic")]
+    synthetic = [r for r in records if r.is_generated]
     if synthetic:
         print("generated data: these numbers are never compared with the paper")
     skipped = max((r.protocol.get("bad_items_skipped", 0) for r in records), default=0)

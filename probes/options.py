@@ -220,7 +220,8 @@ def coerce(tp, value, where: str):
 # ---------------------------------------------------------------------------------------------------
 
 def plain(value: Any) -> Any:
-    """JSON-plain form of a config value."""
+    """JSON-plain form of a config or record value: dataclasses become dicts, paths strings, tuples lists, numpy
+    scalars Python numbers."""
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in fields(value) if not f.name.startswith("_")}
     if isinstance(value, Path):
@@ -229,6 +230,8 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
     return value
 
 
@@ -662,6 +665,19 @@ class KnnOptions:
             raise ConfigError(f"--knn-temperature {self.knn_temperature}: expected a positive number")
 
 
+def check_block(block: int | None, encoder=None) -> None:
+    """``--block K``: 0-based, and (given the encoder) below its depth."""
+    if block is None:
+        return
+    if block < 0:
+        raise ConfigError(f"--block {block}: expected a 0-based block index >= 0")
+    depth = getattr(encoder, "num_blocks", None)
+    if depth is not None and block >= depth:
+        kind = "stages" if getattr(encoder, "kind", "") == "resnet" else "blocks"
+        raise ConfigError(f"--block {block}: the model has {depth} {kind[:-1] if depth == 1 else kind}, so K is "
+                          f"0..{depth - 1}")
+
+
 @dataclass
 class RetrievalOptions:
     """What a retrieval run ranks, and whether a query ranks itself (docs/protocols.md#queries-gallery-and-positives)."""
@@ -677,8 +693,7 @@ class RetrievalOptions:
                    "part-retrieval code: included). Default: the preset's.")
 
     def check(self) -> None:
-        if self.block is not None and self.block < 0:
-            raise ConfigError(f"--block {self.block}: expected a 0-based block index >= 0")
+        check_block(self.block)
 
     def modes(self, same: bool = True) -> list[str]:
         """The self-match modes to score: one or both when queries are the gallery, ``disjoint`` otherwise."""

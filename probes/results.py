@@ -43,6 +43,7 @@ from typing import Any, Mapping
 from probes import __version__
 from probes.errors import UserError
 from probes.fileio import write_bytes_atomic, write_json_atomic
+from probes.options import plain
 
 SCHEMA_VERSION = "2.0"
 READABLE_VERSIONS = ("1.0", "2.0")      # 1.0 records are upgraded on read (upgrade_record)
@@ -114,6 +115,11 @@ class RunRecord:
 
     def identity(self) -> dict[str, Any]:
         return record_identity(self.to_dict())
+
+    @property
+    def is_generated(self) -> bool:
+        """Measured on generated data (``probes.data synth``): never compared with the paper."""
+        return self.protocol.get("data_source") == "synthetic" or self.protocol.get("synthetic") is True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -377,12 +383,12 @@ def make_record(*, probe: str, dataset: str, split: str, encoder_info: Mapping[s
     task = task_name(dataset, probe)
     if encoder_info.get("branch") is not None:  # teacher or student of one file: part of the configuration
         protocol = {**protocol, "weights_branch": encoder_info["branch"]}
-    protocol = {str(k): _plain(v) for k, v in sorted(protocol.items())}
+    protocol = {str(k): plain(v) for k, v in sorted(protocol.items())}
     sha = encoder_info.get("checkpoint_sha256") or ""
     model = model or encoder_info["name"]
     prefixed = {}
     for name, value in metrics.items():
-        value = float(_plain(value))
+        value = float(plain(value))
         if not math.isfinite(value):
             raise ValueError(f"metric {name!r} of {task} is {value!r}; a record stores finite numbers only")
         prefixed[f"{task}/{name}"] = value
@@ -460,7 +466,7 @@ def write_run(records: list[RunRecord], results_dir: str | os.PathLike, experime
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
-        write_json_atomic(staging / CONFIG_NAME, {str(k): _plain(v) for k, v in config.items()})
+        write_json_atomic(staging / CONFIG_NAME, {str(k): plain(v) for k, v in config.items()})
         for name, payload in artifacts.items():
             write_bytes_atomic(staging / name, payload)
         for record in records:
@@ -496,16 +502,3 @@ def iter_record_paths(results_dir: str | os.PathLike):
             continue
         if RUN_ID_PATTERN.match(path.name[: -len(".json")]):
             yield path
-
-
-def _plain(value: Any) -> Any:
-    """JSON-plain form of an option value (paths and tuples become strings and lists)."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()
-    return value

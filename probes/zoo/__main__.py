@@ -213,9 +213,11 @@ def _verify_first_use(args) -> None:
     if not args.refetch or args.reset_lock or args.format or args.arch or args.arch_kwargs:
         raise ZooError("verify: give NAME (or FILE); without one, only --refetch is meant: re-check every entry whose "
                        "recorded hash was trusted on first use")
-    names = [entry.name for entry in load_registry() if entry.format != BASELINE_FORMAT
-             and cache_path(entry).is_file() and (lock_record(entry) or {}).get("trust", "first-use") == "first-use"
-             and lock_record(entry)]
+    names = []
+    for entry in load_registry():
+        record = lock_record(entry) if entry.format != BASELINE_FORMAT else None
+        if record and record.get("trust", "first-use") == "first-use" and cache_path(entry).is_file():
+            names.append(entry.name)
     if not names:
         print(f"no cached entry has a first-use hash in {lock_path()}")
     for name in names:
